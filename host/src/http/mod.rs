@@ -1,0 +1,91 @@
+//! The HTTP API (axum): routes, shared state, limits. Each file serves one part of the API;
+//! all of them answer failures with [`error::ApiError`].
+
+pub mod error;
+mod events;
+mod params;
+mod render;
+mod subscribe;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::store::EventStore;
+use error::ApiError;
+
+/// Size limits on what clients may send.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest request body, in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// Most events in one append.
+    pub max_events_per_append: usize,
+    /// Largest single event: type + data + metadata, in bytes.
+    pub max_event_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 32 * 1024 * 1024,
+            max_events_per_append: 10_000,
+            max_event_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn EventStore>,
+    pub limits: Limits,
+    /// Turns `true` when the server begins shutting down, so that endless responses
+    /// (subscriptions) end and graceful shutdown can complete.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.limits.max_body_bytes;
+    Router::new()
+        .route("/health", get(health))
+        .route("/streams", get(events::list_streams))
+        .route(
+            "/streams/{stream}",
+            get(events::read_stream).post(events::append),
+        )
+        .route("/all", get(events::read_all))
+        .route("/subscribe/all", get(subscribe::subscribe_all))
+        .route("/subscribe/streams/{stream}", get(subscribe::subscribe_stream))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn health(State(app): State<AppState>) -> Response {
+    (
+        StatusCode::OK,
+        axum::Json(json!({ "status": "ok", "head": app.store.head() })),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such route; see GET /openapi.json for the API")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests: each one starts the real `refold` binary on its own store and drives
+//! it over HTTP (or through its CLI), as a user would.
+
+mod support;
+
+mod appends;
+mod cli;
+mod concurrency;
+mod crash;
+mod errors;
+mod reads;
+mod subscriptions;

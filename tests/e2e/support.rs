@@ -1,0 +1,276 @@
+//! Shared helpers: a real `refold` server process on a free port with its own data folder,
+//! and a small HTTP client for it.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// A running `refold serve`, killed when dropped.
+pub struct Server {
+    pub url: String,
+    pub port: u16,
+    data: tempfile::TempDir,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+    pub client: reqwest::Client,
+}
+
+pub fn refold_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_refold")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on loopback")
+}
+
+impl Server {
+    /// Starts a server on a fresh, empty store.
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts a server with extra `serve` arguments.
+    pub async fn start_with(args: &[&str]) -> Self {
+        let port = free_port();
+        let mut server = Self {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            data: tempfile::tempdir().expect("a temporary folder"),
+            child: None,
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("an HTTP client"),
+        };
+        server.spawn().await;
+        server
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.data.path().with_extension("log")
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("a log file");
+        let child = Command::new(refold_binary())
+            .arg("serve")
+            .arg("--data")
+            .arg(self.data.path().join("store"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the refold binary starts");
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.client.get(format!("{}/health", self.url)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("refold exited early with {status}; log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "refold did not become ready; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("a running server");
+        let pid = child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        child.wait().expect("the server exits")
+    }
+
+    /// Starts the server again on the same store and port.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server before restarting it");
+        self.spawn().await;
+    }
+
+    pub fn path(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self.client.get(self.path(path)).send().await.expect("GET is answered");
+        decode(response).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.post_raw(path, serde_json::to_vec(body).expect("JSON")).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(self.path(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("POST is answered");
+        decode(response).await
+    }
+
+    /// Reads a whole stream forward, following `next`.
+    pub async fn read_stream_fully(&self, stream: &str) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut from = 0;
+        loop {
+            let (status, body) = self
+                .get(&format!("/streams/{stream}?from={from}&limit=1000"))
+                .await;
+            if status == StatusCode::NOT_FOUND {
+                return events;
+            }
+            assert_eq!(status, StatusCode::OK, "{body}");
+            events.extend(body["events"].as_array().expect("events").iter().cloned());
+            match body["next"].as_u64() {
+                Some(next) => from = next,
+                None => return events,
+            }
+        }
+    }
+
+    /// Reads the whole global log, following `next`.
+    pub async fn read_all_fully(&self) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut from = 0;
+        loop {
+            let (status, body) = self.get(&format!("/all?from={from}&limit=10000")).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            events.extend(body["events"].as_array().expect("events").iter().cloned());
+            match body["next"].as_u64() {
+                Some(next) => from = next,
+                None => return events,
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub async fn decode(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.expect("a body");
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("the body is not JSON (status {status}): {text:?}"));
+    (status, body)
+}
+
+/// Asserts the contract's error shape and returns the code.
+pub fn error_code(body: &Value) -> &str {
+    let error = &body["error"];
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "no message in {body}");
+    error["code"].as_str().unwrap_or_else(|| panic!("no error code in {body}"))
+}
+
+/// A deposit-like event.
+pub fn event(event_type: &str, data: Value) -> Value {
+    serde_json::json!({ "type": event_type, "data": data })
+}
+
+/// One parsed server-sent event.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// A server-sent-events response, read event by event.
+pub struct SseReader {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: String,
+}
+
+impl SseReader {
+    pub async fn open(server: &Server, path: &str, last_event_id: Option<&str>) -> Self {
+        let mut request = server.client.get(server.path(path));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.expect("subscription is answered");
+        assert_eq!(response.status(), StatusCode::OK);
+        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+        Self {
+            body: response.bytes_stream().boxed(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event with data (comments and keep-alives skipped), or `None` on timeout.
+    pub async fn next(&mut self, timeout: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent { id: None, event: None, data: String::new() };
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        event.id = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event.event = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        event.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                if !event.data.is_empty() {
+                    return Some(event);
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.body.next()).await.ok()??;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk.expect("subscription body")));
+        }
+    }
+}
