@@ -9,7 +9,10 @@ use crate::support::{Server, error_code, event};
 async fn an_append_returns_revisions_and_positions_in_stream_and_log() {
     let server = Server::start().await;
     let (status, body) = server
-        .post("/streams/account-1", &event("AccountOpened", json!({"owner": "ann"})))
+        .post(
+            "/streams/account-1",
+            &event("AccountOpened", json!({"owner": "ann"})),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(
@@ -17,7 +20,13 @@ async fn an_append_returns_revisions_and_positions_in_stream_and_log() {
         json!({"stream": "account-1", "first_revision": 0, "last_revision": 0, "first_position": 0, "last_position": 0})
     );
     let (status, body) = server
-        .post("/streams/order-1", &json!([event("OrderPlaced", json!(1)), event("OrderPaid", json!(null))]))
+        .post(
+            "/streams/order-1",
+            &json!([
+                event("OrderPlaced", json!(1)),
+                event("OrderPaid", json!(null))
+            ]),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(
@@ -25,9 +34,18 @@ async fn an_append_returns_revisions_and_positions_in_stream_and_log() {
         json!({"stream": "order-1", "first_revision": 0, "last_revision": 1, "first_position": 1, "last_position": 2})
     );
     let (_, body) = server
-        .post("/streams/account-1", &event("Deposited", json!({"amount": 5})))
+        .post(
+            "/streams/account-1",
+            &event("Deposited", json!({"amount": 5})),
+        )
         .await;
-    assert_eq!((body["first_revision"].as_u64(), body["first_position"].as_u64()), (Some(1), Some(3)));
+    assert_eq!(
+        (
+            body["first_revision"].as_u64(),
+            body["first_position"].as_u64()
+        ),
+        (Some(1), Some(3))
+    );
 }
 
 #[tokio::test]
@@ -45,12 +63,24 @@ async fn recorded_events_keep_what_the_client_sent_and_get_a_server_timestamp() 
     assert_eq!(recorded["type"], "Deposited");
     assert_eq!(recorded["data"], sent["data"]);
     assert_eq!(recorded["metadata"], sent["metadata"]);
-    assert_eq!((recorded["revision"].as_u64(), recorded["position"].as_u64()), (Some(0), Some(0)));
-    let at = chrono::DateTime::parse_from_rfc3339(recorded["recorded_at"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (recorded["revision"].as_u64(), recorded["position"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let at =
+        chrono::DateTime::parse_from_rfc3339(recorded["recorded_at"].as_str().unwrap()).unwrap();
     assert!(at >= before - chrono::Duration::seconds(1) && at <= chrono::Utc::now());
     // Metadata defaults to an empty object.
-    server.post("/streams/account-9", &event("Withdrawn", json!({"amount": 1}))).await;
-    assert_eq!(server.read_stream_fully("account-9").await[1]["metadata"], json!({}));
+    server
+        .post(
+            "/streams/account-9",
+            &event("Withdrawn", json!({"amount": 1})),
+        )
+        .await;
+    assert_eq!(
+        server.read_stream_fully("account-9").await[1]["metadata"],
+        json!({})
+    );
 }
 
 #[tokio::test]
@@ -58,29 +88,52 @@ async fn expected_revision_accepts_any_no_stream_exists_and_an_exact_revision() 
     let server = Server::start().await;
     let e = event("E", json!({}));
     let conflict = |body: &serde_json::Value| {
-        (error_code(body).to_owned(), body["error"]["current_revision"].clone())
+        (
+            error_code(body).to_owned(),
+            body["error"]["current_revision"].clone(),
+        )
     };
 
-    let (status, body) = server.post("/streams/s-1?expected_revision=exists", &e).await;
+    let (status, body) = server
+        .post("/streams/s-1?expected_revision=exists", &e)
+        .await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert_eq!(conflict(&body), ("wrong_expected_revision".into(), json!(null)));
+    assert_eq!(
+        conflict(&body),
+        ("wrong_expected_revision".into(), json!(null))
+    );
 
-    let (status, _) = server.post("/streams/s-1?expected_revision=no_stream", &e).await;
+    let (status, _) = server
+        .post("/streams/s-1?expected_revision=no_stream", &e)
+        .await;
     assert_eq!(status, StatusCode::CREATED);
 
-    let (status, body) = server.post("/streams/s-1?expected_revision=no_stream", &e).await;
+    let (status, body) = server
+        .post("/streams/s-1?expected_revision=no_stream", &e)
+        .await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert_eq!(conflict(&body), ("wrong_expected_revision".into(), json!(0)));
+    assert_eq!(
+        conflict(&body),
+        ("wrong_expected_revision".into(), json!(0))
+    );
 
-    let (status, _) = server.post("/streams/s-1?expected_revision=exists", &e).await;
+    let (status, _) = server
+        .post("/streams/s-1?expected_revision=exists", &e)
+        .await;
     assert_eq!(status, StatusCode::CREATED);
 
     let (status, body) = server.post("/streams/s-1?expected_revision=0", &e).await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert_eq!(conflict(&body), ("wrong_expected_revision".into(), json!(1)));
+    assert_eq!(
+        conflict(&body),
+        ("wrong_expected_revision".into(), json!(1))
+    );
 
     let (status, body) = server.post("/streams/s-1?expected_revision=1", &e).await;
-    assert_eq!((status, body["first_revision"].as_u64()), (StatusCode::CREATED, Some(2)));
+    assert_eq!(
+        (status, body["first_revision"].as_u64()),
+        (StatusCode::CREATED, Some(2))
+    );
 
     let (status, _) = server.post("/streams/s-1?expected_revision=any", &e).await;
     assert_eq!(status, StatusCode::CREATED);
@@ -92,23 +145,34 @@ async fn a_retry_with_the_same_ids_appends_nothing_and_answers_with_the_original
     let server = Server::start().await;
     server.post("/streams/other-1", &event("X", json!(0))).await;
     let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    let batch = json!(ids
-        .iter()
-        .map(|id| json!({"type": "Deposited", "data": {"amount": 1}, "id": id}))
-        .collect::<Vec<_>>());
-    let (status, original) = server.post("/streams/account-7?expected_revision=no_stream", &batch).await;
+    let batch = json!(
+        ids.iter()
+            .map(|id| json!({"type": "Deposited", "data": {"amount": 1}, "id": id}))
+            .collect::<Vec<_>>()
+    );
+    let (status, original) = server
+        .post("/streams/account-7?expected_revision=no_stream", &batch)
+        .await;
     assert_eq!(status, StatusCode::CREATED);
     server.post("/streams/other-1", &event("X", json!(1))).await;
 
     // The same request again, even with an expected revision that no longer holds.
-    let (status, retried) = server.post("/streams/account-7?expected_revision=no_stream", &batch).await;
+    let (status, retried) = server
+        .post("/streams/account-7?expected_revision=no_stream", &batch)
+        .await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(retried, original);
     // A retry of a single event from the middle of the batch.
     let single = json!({"type": "Deposited", "data": {"amount": 1}, "id": ids[1]});
     let (status, body) = server.post("/streams/account-7", &single).await;
     assert_eq!(status, StatusCode::CREATED);
-    assert_eq!((body["first_revision"].as_u64(), body["first_position"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(
+        (
+            body["first_revision"].as_u64(),
+            body["first_position"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
 
     assert_eq!(server.read_stream_fully("account-7").await.len(), 3);
     assert_eq!(server.read_all_fully().await.len(), 5);
@@ -126,9 +190,14 @@ async fn a_retry_with_the_same_ids_appends_nothing_and_answers_with_the_original
 async fn reusing_an_id_for_different_events_is_a_conflict() {
     let server = Server::start().await;
     let id = uuid::Uuid::new_v4().to_string();
-    server.post("/streams/s-2", &json!({"type": "A", "data": 1, "id": id})).await;
+    server
+        .post("/streams/s-2", &json!({"type": "A", "data": 1, "id": id}))
+        .await;
     let (status, body) = server
-        .post("/streams/s-2", &json!([{"type": "B", "data": 2}, {"type": "A", "data": 1, "id": id}]))
+        .post(
+            "/streams/s-2",
+            &json!([{"type": "B", "data": 2}, {"type": "A", "data": 1, "id": id}]),
+        )
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(error_code(&body), "duplicate_event_id");
@@ -139,7 +208,9 @@ async fn reusing_an_id_for_different_events_is_a_conflict() {
 async fn acknowledged_events_survive_a_graceful_restart() {
     let mut server = Server::start().await;
     for i in 0..50 {
-        server.post(&format!("/streams/s-{}", i % 5), &event("E", json!(i))).await;
+        server
+            .post(&format!("/streams/s-{}", i % 5), &event("E", json!(i)))
+            .await;
     }
     let status = server.terminate();
     assert!(status.success(), "SIGTERM exits cleanly: {status}");
@@ -151,5 +222,11 @@ async fn acknowledged_events_survive_a_graceful_restart() {
         assert_eq!(e["data"], json!(i));
     }
     let (_, body) = server.post("/streams/s-0", &event("E", json!(50))).await;
-    assert_eq!((body["first_revision"].as_u64(), body["first_position"].as_u64()), (Some(10), Some(50)));
+    assert_eq!(
+        (
+            body["first_revision"].as_u64(),
+            body["first_position"].as_u64()
+        ),
+        (Some(10), Some(50))
+    );
 }

@@ -14,32 +14,75 @@ fn refold(server: &Server, args: &[&str]) -> (bool, Value, String) {
         .expect("refold runs");
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    (output.status.success(), json, String::from_utf8_lossy(&output.stderr).to_string())
+    (
+        output.status.success(),
+        json,
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
 }
 
 #[tokio::test]
 async fn the_cli_appends_and_reads_against_a_running_server() {
     let server = Server::start().await;
-    let (ok, body, err) = refold(&server, &["append", "account-1", "--type", "Deposited", "--data", r#"{"amount":5}"#]);
+    let (ok, body, err) = refold(
+        &server,
+        &[
+            "append",
+            "account-1",
+            "--type",
+            "Deposited",
+            "--data",
+            r#"{"amount":5}"#,
+        ],
+    );
     assert!(ok, "{err}");
     assert_eq!(body["first_position"], 0);
     let (ok, body, _) = refold(
         &server,
-        &["append", "account-1", "--type", "Withdrawn", "--data", r#"{"amount":2}"#, "--expected-revision", "0", "--metadata", r#"{"by":"cli"}"#],
+        &[
+            "append",
+            "account-1",
+            "--type",
+            "Withdrawn",
+            "--data",
+            r#"{"amount":2}"#,
+            "--expected-revision",
+            "0",
+            "--metadata",
+            r#"{"by":"cli"}"#,
+        ],
     );
     assert!(ok);
     assert_eq!(body["first_revision"], 1);
-    let (ok, body, err) = refold(&server, &["append", "account-1", "--type", "X", "--data", "1", "--expected-revision", "0"]);
+    let (ok, body, err) = refold(
+        &server,
+        &[
+            "append",
+            "account-1",
+            "--type",
+            "X",
+            "--data",
+            "1",
+            "--expected-revision",
+            "0",
+        ],
+    );
     assert!(!ok, "a conflict exits non-zero");
     assert_eq!(body["error"]["code"], "wrong_expected_revision", "{err}");
-    let (ok, _, err) = refold(&server, &["append", "account-1", "--type", "X", "--data", "{not json"]);
+    let (ok, _, err) = refold(
+        &server,
+        &["append", "account-1", "--type", "X", "--data", "{not json"],
+    );
     assert!(!ok && err.contains("--data"), "{err}");
 
     let (ok, body, _) = refold(&server, &["read", "account-1"]);
     assert!(ok);
     assert_eq!(body["events"].as_array().unwrap().len(), 2);
     assert_eq!(body["events"][1]["metadata"]["by"], "cli");
-    let (ok, body, _) = refold(&server, &["read", "account-1", "--backward", "--limit", "1"]);
+    let (ok, body, _) = refold(
+        &server,
+        &["read", "account-1", "--backward", "--limit", "1"],
+    );
     assert!(ok);
     assert_eq!(body["events"][0]["type"], "Withdrawn");
     let (ok, body, _) = refold(&server, &["read", "--all", "--from", "1"]);

@@ -17,7 +17,12 @@ async fn racing_clients_win_each_revision_exactly_once_with_no_gaps() {
         let server = server.clone();
         tokio::spawn(async move {
             for i in 0..200 {
-                server.post(&format!("/streams/noise-{}", i % 7), &event("Noise", json!(i))).await;
+                server
+                    .post(
+                        &format!("/streams/noise-{}", i % 7),
+                        &event("Noise", json!(i)),
+                    )
+                    .await;
             }
         })
     };
@@ -29,12 +34,17 @@ async fn racing_clients_win_each_revision_exactly_once_with_no_gaps() {
             let mut conflicts = 0;
             for _ in 0..ROUNDS {
                 // Read the current revision, then try to append right after it.
-                let (_, body) = server.get("/streams/race-1?direction=backward&limit=1").await;
+                let (_, body) = server
+                    .get("/streams/race-1?direction=backward&limit=1")
+                    .await;
                 let expected = body["events"][0]["revision"]
                     .as_u64()
                     .map_or("no_stream".to_owned(), |r| r.to_string());
                 let (status, body) = server
-                    .post(&format!("/streams/race-1?expected_revision={expected}"), &event("Won", json!({"client": client})))
+                    .post(
+                        &format!("/streams/race-1?expected_revision={expected}"),
+                        &event("Won", json!({"client": client})),
+                    )
                     .await;
                 match status {
                     StatusCode::CREATED => wins.push(body["first_revision"].as_u64().unwrap()),
@@ -55,7 +65,10 @@ async fn racing_clients_win_each_revision_exactly_once_with_no_gaps() {
         let (client, wins, conflicts) = handle.await.unwrap();
         total_conflicts += conflicts;
         for revision in wins {
-            assert!(winners.insert(revision, client).is_none(), "revision {revision} was won twice");
+            assert!(
+                winners.insert(revision, client).is_none(),
+                "revision {revision} was won twice"
+            );
         }
     }
     noise.await.unwrap();
@@ -67,7 +80,10 @@ async fn racing_clients_win_each_revision_exactly_once_with_no_gaps() {
     assert_eq!(events.len(), winners.len());
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e["revision"].as_u64(), Some(i as u64));
-        assert_eq!(e["data"]["client"].as_u64(), Some(winners[&(i as u64)] as u64));
+        assert_eq!(
+            e["data"]["client"].as_u64(),
+            Some(winners[&(i as u64)] as u64)
+        );
     }
     // The global log is gapless and holds every event once.
     let all = server.read_all_fully().await;

@@ -94,10 +94,18 @@ impl Server {
                     return;
                 }
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("refold exited early with {status}; log:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "refold did not become ready; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "refold did not become ready; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -136,15 +144,25 @@ impl Server {
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let response = self.client.get(self.path(path)).send().await.expect("GET is answered");
+        let response = self
+            .client
+            .get(self.path(path))
+            .send()
+            .await
+            .expect("GET is answered");
         decode(response).await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        self.post_raw(path, serde_json::to_vec(body).expect("JSON")).await
+        self.post_raw(path, serde_json::to_vec(body).expect("JSON"))
+            .await
     }
 
-    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
         let response = self
             .client
             .post(self.path(path))
@@ -209,8 +227,13 @@ pub async fn decode(response: reqwest::Response) -> (StatusCode, Value) {
 /// Asserts the contract's error shape and returns the code.
 pub fn error_code(body: &Value) -> &str {
     let error = &body["error"];
-    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "no message in {body}");
-    error["code"].as_str().unwrap_or_else(|| panic!("no error code in {body}"))
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "no message in {body}"
+    );
+    error["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {body}"))
 }
 
 /// A deposit-like event.
@@ -240,8 +263,14 @@ impl SseReader {
         }
         let response = request.send().await.expect("subscription is answered");
         assert_eq!(response.status(), StatusCode::OK);
-        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
-        assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{content_type}"
+        );
         Self {
             body: response.bytes_stream().boxed(),
             buffer: String::new(),
@@ -254,7 +283,11 @@ impl SseReader {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = SseEvent { id: None, event: None, data: String::new() };
+                let mut event = SseEvent {
+                    id: None,
+                    event: None,
+                    data: String::new(),
+                };
                 for line in block.lines() {
                     if let Some(v) = line.strip_prefix("id:") {
                         event.id = Some(v.trim().to_owned());
@@ -269,8 +302,11 @@ impl SseReader {
                 }
                 continue;
             }
-            let chunk = tokio::time::timeout_at(deadline, self.body.next()).await.ok()??;
-            self.buffer.push_str(&String::from_utf8_lossy(&chunk.expect("subscription body")));
+            let chunk = tokio::time::timeout_at(deadline, self.body.next())
+                .await
+                .ok()??;
+            self.buffer
+                .push_str(&String::from_utf8_lossy(&chunk.expect("subscription body")));
         }
     }
 }

@@ -35,7 +35,10 @@ fn segment(raw: &str) -> String {
 
 async fn print_response(response: reqwest::Response) -> anyhow::Result<()> {
     let status = response.status();
-    let body: Value = response.json().await.context("reading the server's answer")?;
+    let body: Value = response
+        .json()
+        .await
+        .context("reading the server's answer")?;
     println!("{}", serde_json::to_string_pretty(&body)?);
     if !status.is_success() {
         bail!("the server answered {status}");

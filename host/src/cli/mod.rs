@@ -13,7 +13,11 @@ use crate::http::Limits;
 use crate::server::{self, ServerConfig};
 
 #[derive(Parser)]
-#[command(name = "refold", version, about = "An event store that runs WebAssembly reducers and projections")]
+#[command(
+    name = "refold",
+    version,
+    about = "An event store that runs WebAssembly reducers and projections"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,7 +26,12 @@ struct Cli {
 #[derive(clap::Args)]
 struct ServerArg {
     /// The Refold server to talk to.
-    #[arg(long, env = "REFOLD_SERVER", default_value = "http://127.0.0.1:7420", global = true)]
+    #[arg(
+        long,
+        env = "REFOLD_SERVER",
+        default_value = "http://127.0.0.1:7420",
+        global = true
+    )]
     server: String,
 }
 
@@ -97,8 +106,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

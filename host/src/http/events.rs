@@ -81,7 +81,9 @@ fn parse_events(body: &[u8], limits: &Limits) -> Result<Vec<ProposedEvent>, ApiE
         }
     };
     if items.is_empty() {
-        return Err(invalid_event("the array holds no events; an append needs at least one"));
+        return Err(invalid_event(
+            "the array holds no events; an append needs at least one",
+        ));
     }
     if items.len() > limits.max_events_per_append {
         return Err(ApiError::new(
@@ -105,7 +107,11 @@ fn parse_events(body: &[u8], limits: &Limits) -> Result<Vec<ProposedEvent>, ApiE
         })?;
         events.push(event);
     }
-    let mut ids: Vec<Uuid> = events.iter().filter(|e| e.id_from_client).map(|e| e.id).collect();
+    let mut ids: Vec<Uuid> = events
+        .iter()
+        .filter(|e| e.id_from_client)
+        .map(|e| e.id)
+        .collect();
     ids.sort_unstable();
     if let Some(pair) = ids.windows(2).find(|pair| pair[0] == pair[1]) {
         return Err(invalid_event(format!(
@@ -126,8 +132,9 @@ fn parse_event(item: &RawValue, limits: &Limits) -> Result<ProposedEvent, ApiErr
     }
     let event_type: String = match fields.get("type") {
         None => return Err(invalid_event("type is required")),
-        Some(raw) => serde_json::from_str(raw.get())
-            .map_err(|_| invalid_event("type must be a string"))?,
+        Some(raw) => {
+            serde_json::from_str(raw.get()).map_err(|_| invalid_event("type must be a string"))?
+        }
     };
     if event_type.is_empty() || event_type.len() > 256 {
         return Err(invalid_event("type must be 1 to 256 bytes long"));
@@ -144,13 +151,13 @@ fn parse_event(item: &RawValue, limits: &Limits) -> Result<ProposedEvent, ApiErr
         Some(raw) if raw.get().starts_with('{') => raw.get(),
         Some(_) => return Err(invalid_event("metadata must be a JSON object")),
     };
-    let id = match fields.get("id") {
-        None => None,
-        Some(raw) => Some(
-            serde_json::from_str::<Uuid>(raw.get())
-                .map_err(|_| invalid_event(format!("id must be a UUID string, not {}", raw.get())))?,
-        ),
-    };
+    let id =
+        match fields.get("id") {
+            None => None,
+            Some(raw) => Some(serde_json::from_str::<Uuid>(raw.get()).map_err(|_| {
+                invalid_event(format!("id must be a UUID string, not {}", raw.get()))
+            })?),
+        };
     let size = event_type.len() + data.len() + metadata.len();
     if size > limits.max_event_bytes {
         return Err(ApiError::new(
@@ -195,11 +202,8 @@ pub async fn read_stream(
         tokio::task::spawn_blocking(move || store.read_stream(&name, from, limit, direction))
             .await??
             .ok_or_else(|| {
-                ApiError::not_found(
-                    "stream_not_found",
-                    format!("stream {stream} has no events"),
-                )
-                .with("stream", stream.as_str())
+                ApiError::not_found("stream_not_found", format!("stream {stream} has no events"))
+                    .with("stream", stream.as_str())
             })?;
     let mut out = Vec::with_capacity(128 + slice.events.len() * 256);
     out.extend_from_slice(b"{\"stream\":");
@@ -285,7 +289,10 @@ mod tests {
     #[test]
     fn a_single_object_and_an_array_both_parse() {
         assert_eq!(parse(r#"{"type":"A","data":1}"#).unwrap().len(), 1);
-        let events = parse(r#"[{"type":"A","data":{"x":[1,2]}},{"type":"B","data":null,"metadata":{"k":"v"}}]"#).unwrap();
+        let events = parse(
+            r#"[{"type":"A","data":{"x":[1,2]}},{"type":"B","data":null,"metadata":{"k":"v"}}]"#,
+        )
+        .unwrap();
         assert_eq!(events[0].data, r#"{"x":[1,2]}"#);
         assert_eq!(events[1].data, "null");
         assert_eq!(events[1].metadata, r#"{"k":"v"}"#);
@@ -297,10 +304,26 @@ mod tests {
         let err = parse(r#"[{"type":"A","data":1},{"data":1}]"#).unwrap_err();
         assert_eq!(err.code, "invalid_event");
         assert_eq!(err.message, "event 1: type is required");
-        assert_eq!(parse(r#"{"type":1,"data":1}"#).unwrap_err().message, "type must be a string");
-        assert_eq!(parse(r#"{"type":"A","data":1,"metadata":[]}"#).unwrap_err().code, "invalid_event");
-        assert_eq!(parse(r#"{"type":"A","data":1,"id":"nope"}"#).unwrap_err().code, "invalid_event");
-        assert_eq!(parse(r#"{"type":"A","data":1,"typo":2}"#).unwrap_err().code, "invalid_event");
+        assert_eq!(
+            parse(r#"{"type":1,"data":1}"#).unwrap_err().message,
+            "type must be a string"
+        );
+        assert_eq!(
+            parse(r#"{"type":"A","data":1,"metadata":[]}"#)
+                .unwrap_err()
+                .code,
+            "invalid_event"
+        );
+        assert_eq!(
+            parse(r#"{"type":"A","data":1,"id":"nope"}"#)
+                .unwrap_err()
+                .code,
+            "invalid_event"
+        );
+        assert_eq!(
+            parse(r#"{"type":"A","data":1,"typo":2}"#).unwrap_err().code,
+            "invalid_event"
+        );
         assert_eq!(parse(r#"{"type":"A""#).unwrap_err().code, "invalid_json");
         assert_eq!(parse("42").unwrap_err().code, "invalid_json");
         assert_eq!(parse("[]").unwrap_err().code, "invalid_event");
@@ -310,7 +333,8 @@ mod tests {
     #[test]
     fn repeated_ids_in_one_append_are_refused() {
         let id = Uuid::new_v4();
-        let body = format!(r#"[{{"type":"A","data":1,"id":"{id}"}},{{"type":"A","data":1,"id":"{id}"}}]"#);
+        let body =
+            format!(r#"[{{"type":"A","data":1,"id":"{id}"}},{{"type":"A","data":1,"id":"{id}"}}]"#);
         assert_eq!(parse(&body).unwrap_err().code, "invalid_event");
     }
 }

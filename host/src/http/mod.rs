@@ -63,7 +63,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/all", get(events::read_all))
         .route("/subscribe/all", get(subscribe::subscribe_all))
-        .route("/subscribe/streams/{stream}", get(subscribe::subscribe_stream))
+        .route(
+            "/subscribe/streams/{stream}",
+            get(subscribe::subscribe_stream),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -79,7 +82,10 @@ async fn health(State(app): State<AppState>) -> Response {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::not_found("not_found", "no such route; see GET /openapi.json for the API")
+    ApiError::not_found(
+        "not_found",
+        "no such route; see GET /openapi.json for the API",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {

@@ -14,9 +14,7 @@ pub fn u64_param(name: &str, value: Option<&str>) -> Result<Option<u64>, ApiErro
     value
         .map(|v| {
             v.parse().map_err(|_| {
-                ApiError::invalid_query(format!(
-                    "{name} must be a non-negative integer, not {v:?}"
-                ))
+                ApiError::invalid_query(format!("{name} must be a non-negative integer, not {v:?}"))
             })
         })
         .transpose()

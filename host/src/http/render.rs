@@ -20,7 +20,13 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 /// Appends one event as a JSON object.
 pub fn push_event(out: &mut Vec<u8>, event: &RecordedEvent) {
     out.extend_from_slice(b"{\"id\":\"");
-    out.extend_from_slice(event.id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).as_bytes());
+    out.extend_from_slice(
+        event
+            .id
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer())
+            .as_bytes(),
+    );
     out.extend_from_slice(b"\",\"stream\":");
     push_json_str(out, &event.stream);
     out.extend_from_slice(b",\"revision\":");

@@ -73,7 +73,9 @@ impl fmt::Display for StreamName {
 
 /// The category of a stream name: the part before its first `-`.
 pub fn category_of(stream: &str) -> &str {
-    stream.split_once('-').map_or(stream, |(category, _)| category)
+    stream
+        .split_once('-')
+        .map_or(stream, |(category, _)| category)
 }
 
 /// What the writer of an append believes about the stream's current state.
@@ -397,8 +399,14 @@ mod tests {
     #[test]
     fn expected_revision_parses_every_form() {
         assert_eq!(ExpectedRevision::parse("any"), Ok(ExpectedRevision::Any));
-        assert_eq!(ExpectedRevision::parse("no_stream"), Ok(ExpectedRevision::NoStream));
-        assert_eq!(ExpectedRevision::parse("exists"), Ok(ExpectedRevision::Exists));
+        assert_eq!(
+            ExpectedRevision::parse("no_stream"),
+            Ok(ExpectedRevision::NoStream)
+        );
+        assert_eq!(
+            ExpectedRevision::parse("exists"),
+            Ok(ExpectedRevision::Exists)
+        );
         assert_eq!(ExpectedRevision::parse("7"), Ok(ExpectedRevision::Exact(7)));
         assert!(ExpectedRevision::parse("-1").is_err());
         assert!(ExpectedRevision::parse("latest").is_err());

@@ -13,8 +13,8 @@ use super::codec::{self, decode_chunk, decode_run};
 use super::writer::{AppendJob, Writer};
 use super::{
     AppendOutcome, BoxFuture, Direction, EventFilter, EventRef, EventStore, ExpectedRevision,
-    GlobalPosition, LogSlice, ProposedEvent, RecordedEvent, StoreError, StreamInfo,
-    StreamListing, StreamName, StreamRevision, StreamSlice,
+    GlobalPosition, LogSlice, ProposedEvent, RecordedEvent, StoreError, StreamInfo, StreamListing,
+    StreamName, StreamRevision, StreamSlice,
 };
 
 /// How the embedded store is opened.
@@ -140,9 +140,7 @@ impl EventStore for SledStore {
                 events,
                 reply,
             };
-            jobs.send(job)
-                .await
-                .map_err(|_| StoreError::ShuttingDown)?;
+            jobs.send(job).await.map_err(|_| StoreError::ShuttingDown)?;
             outcome.await.map_err(|_| StoreError::ShuttingDown)?
         })
     }
@@ -162,7 +160,8 @@ impl EventStore for SledStore {
         limit: usize,
         direction: Direction,
     ) -> Result<Option<StreamSlice>, StoreError> {
-        self.reader.read_stream(stream.as_str(), from, limit, direction)
+        self.reader
+            .read_stream(stream.as_str(), from, limit, direction)
     }
 
     fn stream_revision_after(
@@ -319,7 +318,11 @@ impl LogReader {
             Direction::Forward => {
                 let from = from.unwrap_or(0);
                 let seek = codec::run_key(stream, from);
-                let start = match self.log.range(prefix.as_slice()..=seek.as_slice()).next_back() {
+                let start = match self
+                    .log
+                    .range(prefix.as_slice()..=seek.as_slice())
+                    .next_back()
+                {
                     Some(entry) => entry?.0.to_vec(),
                     None => prefix.clone(),
                 };
@@ -366,9 +369,9 @@ impl LogReader {
         let mut i = 0;
         while i < positions.len() {
             let wanted = positions[i];
-            let (first, bytes) = self.chunk_at(wanted)?.ok_or_else(|| {
-                StoreError::Corrupt(format!("no chunk holds position {wanted}"))
-            })?;
+            let (first, bytes) = self
+                .chunk_at(wanted)?
+                .ok_or_else(|| StoreError::Corrupt(format!("no chunk holds position {wanted}")))?;
             decode_chunk(&bytes, first, wanted, |event| {
                 if event.position == positions[i] {
                     out.push(event.to_recorded());

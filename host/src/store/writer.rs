@@ -223,8 +223,7 @@ impl Writer {
                 recent.push_back((event.id, revision, position));
             }
             self.next_position += 1;
-            if group.chunk.len() >= CHUNK_MAX_EVENTS || group.chunk.byte_len() >= CHUNK_MAX_BYTES
-            {
+            if group.chunk.len() >= CHUNK_MAX_EVENTS || group.chunk.byte_len() >= CHUNK_MAX_BYTES {
                 group.close_chunk(self.next_position);
             }
         }

@@ -1,0 +1,218 @@
+//! Refold's benchmark: starts the real server and measures it over HTTP, printing each
+//! figure beside its target from the design contract.
+//!
+//! `cargo bench -p refold` runs everything; `cargo bench -p refold -- --seconds 3` shortens
+//! each timed phase.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Server {
+    url: String,
+    child: Child,
+    _data: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let data = tempfile::tempdir().expect("a temporary folder");
+        let child = Command::new(env!("CARGO_BIN_EXE_refold"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(data.path().join("store"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("refold starts");
+        let url = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        for _ in 0..500 {
+            if client.get(format!("{url}/health")).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self {
+            url,
+            child,
+            _data: data,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(name: &str, value: f64, unit: &str, target: &str) {
+    println!("{name:<52} {value:>14.0} {unit:<10} target {target}");
+}
+
+/// `clients` tasks append `batch` events per request to random streams for `seconds`.
+/// Returns events/s and the sorted request latencies.
+async fn append_load(
+    url: &str,
+    clients: usize,
+    batch: usize,
+    seconds: f64,
+) -> (f64, Vec<Duration>) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .expect("an HTTP client");
+    let stop = Arc::new(AtomicBool::new(false));
+    let events = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (client, stop, events, url) =
+            (client.clone(), stop.clone(), events.clone(), url.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut n = 0u64;
+            let body: Value = if batch == 1 {
+                json!({"type": "Deposited", "data": {"amount": 100, "note": "benchmark"}})
+            } else {
+                json!((0..batch).map(|i| json!({"type": "Deposited", "data": {"amount": i, "note": "benchmark"}})).collect::<Vec<_>>())
+            };
+            let body = serde_json::to_vec(&body).expect("JSON");
+            while !stop.load(Ordering::Relaxed) {
+                let stream = format!("account-{}", (c as u64 * 7919 + n * 104_729) % 10_000);
+                n += 1;
+                let sent = Instant::now();
+                let response = client
+                    .post(format!("{url}/streams/{stream}"))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .expect("append answered");
+                assert_eq!(response.status(), 201, "append failed");
+                let _ = response.bytes().await;
+                latencies.push(sent.elapsed());
+                events.fetch_add(batch as u64, Ordering::Relaxed);
+            }
+            latencies
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("client task"));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    (events.load(Ordering::Relaxed) as f64 / elapsed, latencies)
+}
+
+/// Reads the whole log through `/all` in pages of 10,000; returns events/s.
+async fn read_all(url: &str) -> (f64, u64) {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut from = 0u64;
+    let mut total = 0u64;
+    loop {
+        let body: Value = client
+            .get(format!("{url}/all?from={from}&limit=10000"))
+            .send()
+            .await
+            .expect("read answered")
+            .json()
+            .await
+            .expect("JSON page");
+        total += body["events"].as_array().map_or(0, |e| e.len() as u64);
+        match body["next"].as_u64() {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    (total as f64 / started.elapsed().as_secs_f64(), total)
+}
+
+fn seconds_arg() -> f64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let seconds = seconds_arg();
+    println!(
+        "Refold benchmark ({} cores, {seconds} s per timed phase)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!();
+    println!("## Event store over HTTP");
+    let server = Server::start().await;
+
+    let (rate, latencies) = append_load(&server.url, 64, 1, seconds).await;
+    report(
+        "durable single-event appends, 64 clients",
+        rate,
+        "events/s",
+        "≥ 20,000",
+    );
+    report(
+        "  append latency p50",
+        percentile(&latencies, 0.50).as_secs_f64() * 1e6,
+        "µs",
+        "",
+    );
+    report(
+        "  append latency p99",
+        percentile(&latencies, 0.99).as_secs_f64() * 1e6,
+        "µs",
+        "",
+    );
+
+    let (rate, latencies) = append_load(&server.url, 16, 100, seconds).await;
+    report(
+        "durable batched appends (100/request), 16 clients",
+        rate,
+        "events/s",
+        "≥ 300,000",
+    );
+    report(
+        "  request latency p50",
+        percentile(&latencies, 0.50).as_secs_f64() * 1e6,
+        "µs",
+        "",
+    );
+    report(
+        "  request latency p99",
+        percentile(&latencies, 0.99).as_secs_f64() * 1e6,
+        "µs",
+        "",
+    );
+
+    let (rate, total) = read_all(&server.url).await;
+    report(
+        &format!("/all read ({total} events, pages of 10,000)"),
+        rate,
+        "events/s",
+        "",
+    );
+}
