@@ -11,6 +11,7 @@
 //!   server.
 
 pub mod cli;
+pub mod engine;
 pub mod http;
 pub mod server;
 pub mod store;

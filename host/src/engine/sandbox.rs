@@ -1,0 +1,329 @@
+//! The sandbox a guest runs in: what its store holds, and the sealed WASI it may see.
+//!
+//! A guest gets no files (no preopened directories), no network (sockets are refused at
+//! upload, and every socket capability is off), no environment or arguments, a clock that
+//! stands still at the Unix epoch and a monotonic clock that ticks only when read, and
+//! seeded randomness. So the same events give the same state on every replay. Whatever it
+//! prints goes to its bounded [`GuestLog`].
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::Serialize;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+use wasmtime_wasi::{
+    HostMonotonicClock, HostWallClock, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView,
+    WasiView,
+};
+
+use super::ModuleLimits;
+
+/// A projection's key-value read model as the guest sees it during one call.
+pub trait StateStore: Send {
+    /// # Errors
+    /// A message that faults the guest (a storage failure, a limit).
+    fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String>;
+    /// # Errors
+    /// As for `get`.
+    fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), String>;
+    /// # Errors
+    /// As for `get`.
+    fn delete(&mut self, key: String) -> Result<(), String>;
+    /// # Errors
+    /// As for `get`.
+    fn scan(
+        &mut self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, String>;
+}
+
+/// What a guest's wasmtime store holds.
+pub struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) limits: StoreLimits,
+    /// The read model a projection call writes through; `None` outside calls.
+    pub(super) state_store: Option<Box<dyn StateStore>>,
+    /// Why the last state-store call trapped, to report it instead of a bare trap.
+    pub(super) store_failure: Option<String>,
+}
+
+impl GuestState {
+    pub(super) fn new(limits: &ModuleLimits, log: &GuestLog) -> Self {
+        let wasi = WasiCtxBuilder::new()
+            .stdout(LogPipe::new(log.clone(), LogSource::Stdout))
+            .stderr(LogPipe::new(log.clone(), LogSource::Stderr))
+            .wall_clock(EpochClock)
+            .monotonic_clock(TickingClock::default())
+            .secure_random(SeededRandom::new(0x5eed_0001))
+            .insecure_random(SeededRandom::new(0x5eed_0002))
+            .insecure_random_seed(0x5eed_0003)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes)
+                .table_elements(limits.table_elements)
+                .instances(64)
+                .tables(64)
+                .memories(16)
+                .trap_on_grow_failure(true)
+                .build(),
+            state_store: None,
+            store_failure: None,
+        }
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A wall clock that always reads the Unix epoch.
+struct EpochClock;
+
+impl HostWallClock for EpochClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+/// A monotonic clock that advances one microsecond each time it is read.
+#[derive(Default)]
+struct TickingClock {
+    reads: std::sync::atomic::AtomicU64,
+}
+
+impl HostMonotonicClock for TickingClock {
+    fn resolution(&self) -> u64 {
+        1_000
+    }
+    fn now(&self) -> u64 {
+        let n = self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        n * 1_000
+    }
+}
+
+/// SplitMix64 with a fixed seed: the same numbers in every instance.
+struct SeededRandom {
+    state: u64,
+}
+
+impl SeededRandom {
+    fn new(seed: u64) -> Self {
+        Self { state: seed }
+    }
+}
+
+impl rand_core::TryRng for SeededRandom {
+    type Error = Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+        Ok((self.try_next_u64()? >> 32) as u32)
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Ok(z ^ (z >> 31))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
+        for chunk in dst.chunks_mut(8) {
+            let bytes = self.try_next_u64()?.to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
+/// Which output a log line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogSource {
+    Stdout,
+    Stderr,
+}
+
+/// One line a guest printed.
+#[derive(Clone, Debug, Serialize)]
+pub struct LogLine {
+    pub source: LogSource,
+    pub line: String,
+}
+
+#[derive(Default)]
+struct LogBuffer {
+    lines: VecDeque<LogLine>,
+    bytes: usize,
+    capacity: usize,
+    dropped: u64,
+    partial: [Vec<u8>; 2],
+}
+
+/// What a module printed: the most recent lines, bounded in bytes (oldest dropped first).
+#[derive(Clone)]
+pub struct GuestLog(Arc<Mutex<LogBuffer>>);
+
+/// The longest line kept; longer output is cut into lines of this size.
+const MAX_LINE_BYTES: usize = 4096;
+
+impl GuestLog {
+    pub fn new(capacity_bytes: usize) -> Self {
+        Self(Arc::new(Mutex::new(LogBuffer {
+            capacity: capacity_bytes,
+            ..LogBuffer::default()
+        })))
+    }
+
+    fn write(&self, source: LogSource, mut bytes: &[u8]) {
+        let mut buffer = self.0.lock();
+        let slot = source as usize;
+        while !bytes.is_empty() {
+            let room = MAX_LINE_BYTES - buffer.partial[slot].len().min(MAX_LINE_BYTES);
+            let newline = bytes.iter().position(|&b| b == b'\n');
+            let take = newline.map_or(bytes.len(), |i| i + 1).min(room.max(1));
+            buffer.partial[slot].extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            let complete = buffer.partial[slot].last() == Some(&b'\n')
+                || buffer.partial[slot].len() >= MAX_LINE_BYTES;
+            if complete {
+                let raw = std::mem::take(&mut buffer.partial[slot]);
+                let text = String::from_utf8_lossy(&raw).trim_end_matches('\n').to_owned();
+                buffer.push(LogLine { source, line: text });
+            }
+        }
+    }
+
+    /// The most recent `limit` lines, oldest first, and how many were dropped overall.
+    pub fn tail(&self, limit: usize) -> (Vec<LogLine>, u64) {
+        let buffer = self.0.lock();
+        let skip = buffer.lines.len().saturating_sub(limit);
+        (buffer.lines.iter().skip(skip).cloned().collect(), buffer.dropped)
+    }
+}
+
+impl LogBuffer {
+    fn push(&mut self, line: LogLine) {
+        self.bytes += line.line.len();
+        self.lines.push_back(line);
+        while self.bytes > self.capacity {
+            match self.lines.pop_front() {
+                Some(old) => {
+                    self.bytes -= old.line.len();
+                    self.dropped += 1;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// A guest's stdout or stderr, writing into its log.
+#[derive(Clone)]
+struct LogPipe {
+    log: GuestLog,
+    source: LogSource,
+}
+
+impl LogPipe {
+    fn new(log: GuestLog, source: LogSource) -> Self {
+        Self { log, source }
+    }
+}
+
+impl IsTerminal for LogPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogPipe {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for LogPipe {
+    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        self.log.write(self.source, &bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(64 * 1024)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LogPipe {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for LogPipe {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.log.write(self.source, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_keeps_whole_lines_and_drops_the_oldest() {
+        let log = GuestLog::new(20);
+        log.write(LogSource::Stdout, b"hello ");
+        log.write(LogSource::Stderr, b"oops\n");
+        log.write(LogSource::Stdout, b"world\nsecond line\nthird\n");
+        let (lines, dropped) = log.tail(10);
+        let text: Vec<_> = lines.iter().map(|l| l.line.as_str()).collect();
+        assert_eq!(text, ["second line", "third"]);
+        assert_eq!(dropped, 2);
+    }
+
+    #[test]
+    fn seeded_randomness_repeats() {
+        use rand_core::Rng;
+        let (mut a, mut b) = (SeededRandom::new(7), SeededRandom::new(7));
+        assert_eq!(a.next_u64(), b.next_u64());
+    }
+}
