@@ -13,5 +13,6 @@
 pub mod cli;
 pub mod engine;
 pub mod http;
+pub mod modules;
 pub mod server;
 pub mod store;

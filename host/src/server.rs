@@ -2,7 +2,8 @@
 //!
 //! Shutdown order matters for durability: on SIGINT/SIGTERM the listener stops accepting,
 //! subscriptions end, in-flight requests finish (an append in flight is answered after its
-//! flush), and only then is the store closed, which drains the writer and flushes once more.
+//! flush), then the module runners stop after their current batch, and only then is the
+//! store closed, which drains the writer and flushes once more.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +13,9 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::engine::{ModuleLimits, WasmEngine};
 use crate::http::{self, AppState, Limits};
+use crate::modules::ModuleRegistry;
 use crate::store::{SledStore, StoreConfig};
 
 /// Everything `refold serve` needs.
@@ -21,7 +24,10 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub limits: Limits,
+    pub module_limits: ModuleLimits,
     pub cache_bytes: u64,
+    /// Modules to deploy at startup (name, file), unless already deployed with those bytes.
+    pub deploy: Vec<(String, PathBuf)>,
 }
 
 /// Serves until SIGINT or SIGTERM.
@@ -29,19 +35,35 @@ pub struct ServerConfig {
 /// # Errors
 /// The store cannot be opened or the address cannot be bound.
 pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
-    let mut store_config = StoreConfig::new(&config.data_dir);
+    let mut store_config = StoreConfig::new(config.data_dir.join("store"));
     store_config.cache_bytes = config.cache_bytes;
-    let store = Arc::new(
-        tokio::task::spawn_blocking(move || SledStore::open(&store_config))
-            .await
-            .context("opening the store")??,
-    );
+    let compiled_dir = config.data_dir.join("compiled");
+    let module_limits = config.module_limits.clone();
+    let (store, modules) = tokio::task::spawn_blocking(move || {
+        let store = Arc::new(SledStore::open(&store_config)?);
+        let engine = Arc::new(WasmEngine::new().context("configuring the WebAssembly engine")?);
+        let modules = ModuleRegistry::open(engine, store.clone(), compiled_dir, module_limits)
+            .context("loading the deployed modules")?;
+        anyhow::Ok((store, Arc::new(modules)))
+    })
+    .await
+    .context("opening the store")??;
+    for (name, file) in &config.deploy {
+        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let registry = modules.clone();
+        let target = name.clone();
+        let deployed = tokio::task::spawn_blocking(move || registry.deploy(&target, &bytes))
+            .await?
+            .with_context(|| format!("deploying {} as {name}", file.display()))?;
+        tracing::info!(module = name, version = %deployed.module.version, changed = deployed.changed, "deployed at startup");
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let app = http::router(AppState {
         store: store.clone(),
+        modules: modules.clone(),
         limits: config.limits,
         shutdown: shutdown_rx,
     });
@@ -54,7 +76,10 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         })
         .await
         .context("serving HTTP")?;
-    tokio::task::spawn_blocking(move || store.close())
+    tokio::task::spawn_blocking(move || {
+        modules.shutdown();
+        store.close();
+    })
         .await
         .context("closing the store")?;
     tracing::info!("stopped");

@@ -105,6 +105,59 @@ pub async fn read(
     print_response(response).await
 }
 
+pub enum StateQuery {
+    Stream(String),
+    Key(String),
+    Prefix(String),
+}
+
+pub async fn deploy(server: &str, name: &str, file: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let response = reqwest::Client::new()
+        .put(format!("{server}/projections/{}", segment(name)))
+        .header("content-type", "application/wasm")
+        .body(bytes)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {server}"))?;
+    print_response(response).await
+}
+
+pub async fn projections(server: &str, name: Option<&str>) -> anyhow::Result<()> {
+    let url = match name {
+        Some(name) => format!("{server}/projections/{}", segment(name)),
+        None => format!("{server}/projections"),
+    };
+    let response = reqwest::get(url)
+        .await
+        .with_context(|| format!("cannot reach {server}"))?;
+    print_response(response).await
+}
+
+pub async fn state(
+    server: &str,
+    name: &str,
+    query: StateQuery,
+    after: Option<u64>,
+) -> anyhow::Result<()> {
+    let base = format!("{server}/projections/{}", segment(name));
+    let (url, mut params) = match query {
+        StateQuery::Stream(stream) => (format!("{base}/streams/{}", segment(&stream)), vec![]),
+        StateQuery::Key(key) => (format!("{base}/state/{}", segment(&key)), vec![]),
+        StateQuery::Prefix(prefix) => (format!("{base}/state"), vec![("prefix", prefix)]),
+    };
+    if let Some(after) = after {
+        params.push(("after", after.to_string()));
+    }
+    let response = reqwest::Client::new()
+        .get(url)
+        .query(&params)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {server}"))?;
+    print_response(response).await
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::engine::ModuleLimits;
 use crate::http::Limits;
 use crate::server::{self, ServerConfig};
 
@@ -57,6 +58,51 @@ enum Command {
         /// The store's page cache, in MiB.
         #[arg(long, default_value_t = 256)]
         cache_mib: u64,
+        /// Deploy a module at startup: NAME=FILE.wasm (repeatable). Unchanged bytes are a no-op.
+        #[arg(long, value_parser = parse_deploy)]
+        deploy: Vec<(String, PathBuf)>,
+        /// Linear memory per module instance, in MiB.
+        #[arg(long, default_value_t = (ModuleLimits::default().memory_bytes / (1024 * 1024)) as u64)]
+        module_memory_mib: u64,
+        /// Wall time per call into a module, in milliseconds.
+        #[arg(long, default_value_t = ModuleLimits::default().call_timeout.as_millis() as u64)]
+        module_call_timeout_ms: u64,
+        /// Largest reducer state or projection value, in bytes.
+        #[arg(long, default_value_t = ModuleLimits::default().max_state_bytes)]
+        module_max_state_bytes: usize,
+    },
+    /// Deploy a module (a WebAssembly component) under a name.
+    Deploy {
+        name: String,
+        file: PathBuf,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// List deployed modules, or show one.
+    Projections {
+        /// Show this module in detail.
+        name: Option<String>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Query a module's state: a reducer's state of one stream, or a projection's keys.
+    State {
+        /// The module.
+        name: String,
+        /// A reducer: the stream whose state to show.
+        #[arg(long, conflicts_with_all = ["key", "prefix"])]
+        stream: Option<String>,
+        /// A projection: one key.
+        #[arg(long, conflicts_with = "prefix")]
+        key: Option<String>,
+        /// A projection: every key with this prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Wait until the module has processed the log past this position.
+        #[arg(long)]
+        after: Option<u64>,
+        #[command(flatten)]
+        server: ServerArg,
     },
     /// Append one event to a stream.
     Append {
@@ -101,6 +147,13 @@ enum Command {
     },
 }
 
+fn parse_deploy(value: &str) -> Result<(String, PathBuf), String> {
+    let (name, file) = value
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=FILE, not {value:?}"))?;
+    Ok((name.to_owned(), PathBuf::from(file)))
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -135,6 +188,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             max_events_per_append,
             max_event_bytes,
             cache_mib,
+            deploy,
+            module_memory_mib,
+            module_call_timeout_ms,
+            module_max_state_bytes,
         } => {
             server::serve(ServerConfig {
                 data_dir: data,
@@ -145,6 +202,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     max_event_bytes,
                 },
                 cache_bytes: cache_mib * 1024 * 1024,
+                module_limits: ModuleLimits {
+                    memory_bytes: (module_memory_mib * 1024 * 1024) as usize,
+                    call_timeout: std::time::Duration::from_millis(module_call_timeout_ms),
+                    max_state_bytes: module_max_state_bytes,
+                    ..ModuleLimits::default()
+                },
+                deploy,
             })
             .await
         }
@@ -183,6 +247,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 (false, Some(stream)) => client::ReadTarget::Stream { stream, backward },
             };
             client::read(&server.server, target, from, limit).await
+        }
+        Command::Deploy { name, file, server } => client::deploy(&server.server, &name, &file).await,
+        Command::Projections { name, server } => {
+            client::projections(&server.server, name.as_deref()).await
+        }
+        Command::State {
+            name,
+            stream,
+            key,
+            prefix,
+            after,
+            server,
+        } => {
+            let query = match (stream, key) {
+                (Some(stream), _) => client::StateQuery::Stream(stream),
+                (None, Some(key)) => client::StateQuery::Key(key),
+                (None, None) => client::StateQuery::Prefix(prefix.unwrap_or_default()),
+            };
+            client::state(&server.server, &name, query, after).await
         }
     }
 }

@@ -27,7 +27,7 @@ use wasmtime_wasi::{
 use super::ModuleLimits;
 
 /// A projection's key-value read model as the guest sees it during one call.
-pub trait StateStore: Send {
+pub trait StateStore: Send + std::any::Any {
     /// # Errors
     /// A message that faults the guest (a storage failure, a limit).
     fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String>;

@@ -4,6 +4,7 @@
 pub mod error;
 mod events;
 mod params;
+mod projections;
 mod render;
 mod subscribe;
 
@@ -13,10 +14,11 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::modules::ModuleRegistry;
 use crate::store::EventStore;
 use error::ApiError;
 
@@ -45,6 +47,7 @@ impl Default for Limits {
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn EventStore>,
+    pub modules: Arc<ModuleRegistry>,
     pub limits: Limits,
     /// Turns `true` when the server begins shutting down, so that endless responses
     /// (subscriptions) end and graceful shutdown can complete.
@@ -67,6 +70,21 @@ pub fn router(state: AppState) -> Router {
             "/subscribe/streams/{stream}",
             get(subscribe::subscribe_stream),
         )
+        .route("/projections", get(projections::list))
+        .route(
+            "/projections/{name}",
+            put(projections::deploy)
+                .get(projections::details)
+                .delete(projections::remove)
+                .layer(DefaultBodyLimit::max(projections::MAX_MODULE_BYTES)),
+        )
+        .route(
+            "/projections/{name}/streams/{stream}",
+            get(projections::stream_state),
+        )
+        .route("/projections/{name}/state", get(projections::state_list))
+        .route("/projections/{name}/state/{*key}", get(projections::state_key))
+        .route("/projections/{name}/logs", get(projections::logs))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -1,0 +1,272 @@
+//! A module version's derived state in its own sled tree, and how a batch's changes are
+//! committed with the checkpoint in one atomic sled batch.
+//!
+//! Keys: `c` → checkpoint (u64 BE: every position below it is processed);
+//! `s` + stream → reducer state (last applied revision, u64 BE, then the state bytes);
+//! `k` + key → projection value.
+
+use std::collections::BTreeMap;
+
+use crate::engine::sandbox::StateStore;
+use crate::store::{GlobalPosition, StreamRevision};
+
+const CHECKPOINT_KEY: &[u8] = b"c";
+const STREAM_TAG: u8 = b's';
+const KEY_TAG: u8 = b'k';
+
+fn tagged(tag: u8, name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.len() + 1);
+    key.push(tag);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// A reducer's state for one stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamState {
+    /// The revision of the last event applied.
+    pub revision: StreamRevision,
+    pub bytes: Vec<u8>,
+}
+
+/// The state tree of one module version.
+#[derive(Clone)]
+pub struct ModuleState {
+    tree: sled::Tree,
+}
+
+impl ModuleState {
+    pub fn new(tree: sled::Tree) -> Self {
+        Self { tree }
+    }
+
+    pub fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    /// # Errors
+    /// Storage failures.
+    pub fn checkpoint(&self) -> sled::Result<GlobalPosition> {
+        Ok(self
+            .tree
+            .get(CHECKPOINT_KEY)?
+            .and_then(|v| v.as_ref().try_into().ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// # Errors
+    /// Storage failures.
+    pub fn stream_state(&self, stream: &str) -> sled::Result<Option<StreamState>> {
+        Ok(self.tree.get(tagged(STREAM_TAG, stream))?.and_then(|v| {
+            let revision = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+            Some(StreamState {
+                revision,
+                bytes: v[8..].to_vec(),
+            })
+        }))
+    }
+
+    /// # Errors
+    /// Storage failures.
+    pub fn value(&self, key: &str) -> sled::Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(tagged(KEY_TAG, key))?.map(|v| v.to_vec()))
+    }
+
+    /// Up to `limit` projection entries whose key starts with `prefix`, from `from`
+    /// (inclusive) on, and the key the following page starts at.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn values(
+        &self,
+        prefix: &str,
+        from: Option<&str>,
+        limit: usize,
+    ) -> sled::Result<(Vec<(String, Vec<u8>)>, Option<String>)> {
+        let start = tagged(KEY_TAG, from.filter(|f| *f > prefix).unwrap_or(prefix));
+        let want = tagged(KEY_TAG, prefix);
+        let mut items = Vec::new();
+        for entry in self.tree.range(start..) {
+            let (key, value) = entry?;
+            if !key.starts_with(&want) {
+                break;
+            }
+            let key = String::from_utf8_lossy(&key[1..]).into_owned();
+            if items.len() == limit {
+                return Ok((items, Some(key)));
+            }
+            items.push((key, value.to_vec()));
+        }
+        Ok((items, None))
+    }
+}
+
+/// The changes of one batch, committed with the new checkpoint or not at all.
+#[derive(Default)]
+pub struct Changes {
+    batch: sled::Batch,
+}
+
+impl Changes {
+    pub fn put_stream_state(&mut self, stream: &str, state: &StreamState) {
+        let mut value = Vec::with_capacity(8 + state.bytes.len());
+        value.extend_from_slice(&state.revision.to_be_bytes());
+        value.extend_from_slice(&state.bytes);
+        self.batch.insert(tagged(STREAM_TAG, stream), value);
+    }
+
+    /// # Errors
+    /// Storage failures.
+    pub fn commit(mut self, state: &ModuleState, checkpoint: GlobalPosition) -> sled::Result<()> {
+        self.batch
+            .insert(CHECKPOINT_KEY, &checkpoint.to_be_bytes()[..]);
+        state.tree.apply_batch(self.batch)
+    }
+}
+
+/// A projection's writes during one call, over its committed values: reads see the
+/// call's own writes; nothing reaches the tree until [`KvOverlay::into_changes`] is
+/// committed.
+pub struct KvOverlay {
+    state: ModuleState,
+    writes: BTreeMap<String, Option<Vec<u8>>>,
+    max_value_bytes: usize,
+}
+
+impl KvOverlay {
+    pub fn new(state: ModuleState, max_value_bytes: usize) -> Self {
+        Self {
+            state,
+            writes: BTreeMap::new(),
+            max_value_bytes,
+        }
+    }
+
+    pub fn into_changes(self) -> Changes {
+        let mut changes = Changes::default();
+        for (key, value) in self.writes {
+            match value {
+                Some(value) => changes.batch.insert(tagged(KEY_TAG, &key), value),
+                None => changes.batch.remove(tagged(KEY_TAG, &key)),
+            }
+        }
+        changes
+    }
+}
+
+fn storage(err: sled::Error) -> String {
+    format!("the state store failed: {err}")
+}
+
+impl StateStore for KvOverlay {
+    fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        match self.writes.get(key) {
+            Some(written) => Ok(written.clone()),
+            None => self.state.value(key).map_err(storage),
+        }
+    }
+
+    fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+        if value.len() > self.max_value_bytes {
+            return Err(format!(
+                "put of {} bytes under key {key:?}: the module's limit is {} bytes per value",
+                value.len(),
+                self.max_value_bytes
+            ));
+        }
+        self.writes.insert(key, Some(value));
+        Ok(())
+    }
+
+    fn delete(&mut self, key: String) -> Result<(), String> {
+        self.writes.insert(key, None);
+        Ok(())
+    }
+
+    fn scan(
+        &mut self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, String> {
+        // Merge committed values with this call's writes, in key order.
+        let after = |k: &str| start_after.is_none_or(|a| k > a);
+        let mut merged: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+        let mut from = start_after.map(str::to_owned);
+        // Committed keys come in pages until enough survive the overlay.
+        loop {
+            let (page, _) = self
+                .state
+                .values(prefix, from.as_deref(), limit + 1)
+                .map_err(storage)?;
+            let done = page.len() <= limit;
+            for (key, value) in page {
+                if after(&key) {
+                    from = Some(key.clone());
+                    merged.entry(key).or_insert(Some(value));
+                }
+            }
+            let live = merged.values().filter(|v| v.is_some()).count();
+            if done || live >= limit {
+                break;
+            }
+        }
+        for (key, value) in self.writes.range(prefix.to_owned()..) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if after(key) {
+                merged.insert(key.clone(), value.clone());
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .take(limit)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> ModuleState {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        ModuleState::new(db.open_tree("t").unwrap())
+    }
+
+    #[test]
+    fn changes_commit_atomically_with_the_checkpoint() {
+        let state = state();
+        assert_eq!(state.checkpoint().unwrap(), 0);
+        let mut changes = Changes::default();
+        let s = StreamState { revision: 4, bytes: b"{}".to_vec() };
+        changes.put_stream_state("account-1", &s);
+        changes.commit(&state, 17).unwrap();
+        assert_eq!(state.checkpoint().unwrap(), 17);
+        assert_eq!(state.stream_state("account-1").unwrap(), Some(s));
+    }
+
+    #[test]
+    fn the_overlay_reads_its_own_writes_and_scans_merged() {
+        let state = state();
+        let mut overlay = KvOverlay::new(state.clone(), 100);
+        overlay.put("a/1".into(), b"1".to_vec()).unwrap();
+        overlay.put("a/3".into(), b"3".to_vec()).unwrap();
+        overlay.into_changes().commit(&state, 1).unwrap();
+
+        let mut overlay = KvOverlay::new(state.clone(), 100);
+        overlay.put("a/2".into(), b"2".to_vec()).unwrap();
+        overlay.delete("a/3".into()).unwrap();
+        assert_eq!(overlay.get("a/2").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(overlay.get("a/3").unwrap(), None);
+        let keys: Vec<_> = overlay.scan("a/", None, 10).unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["a/1", "a/2"]);
+        let keys: Vec<_> = overlay.scan("a/", Some("a/1"), 10).unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["a/2"]);
+        assert!(overlay.put("big".into(), vec![0; 101]).is_err());
+        // Nothing reached the tree.
+        assert_eq!(state.value("a/3").unwrap(), Some(b"3".to_vec()));
+    }
+}
