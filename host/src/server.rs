@@ -80,8 +80,8 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         modules.shutdown();
         store.close();
     })
-        .await
-        .context("closing the store")?;
+    .await
+    .context("closing the store")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -91,3 +91,46 @@ async fn the_cli_appends_and_reads_against_a_running_server() {
     let (ok, _, err) = refold(&server, &["read", "nothing-here"]);
     assert!(!ok, "{err}");
 }
+
+#[tokio::test]
+async fn the_cli_deploys_lists_and_queries_modules() {
+    let server = Server::start().await;
+    let wasm = crate::support::examples().join("bank-account.wasm");
+    let (ok, body, err) = refold(&server, &["deploy", "bank-account", wasm.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(body["kind"], "reducer");
+    let (ok, body, _) = refold(
+        &server,
+        &[
+            "append",
+            "account-1",
+            "--type",
+            "Deposited",
+            "--data",
+            r#"{"amount":5}"#,
+        ],
+    );
+    assert!(ok);
+    let position = body["last_position"].as_u64().unwrap().to_string();
+    let (ok, body, err) = refold(
+        &server,
+        &[
+            "state",
+            "bank-account",
+            "--stream",
+            "account-1",
+            "--after",
+            &position,
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(body["state"]["balance"], 5);
+    let (ok, body, _) = refold(&server, &["projections"]);
+    assert!(ok);
+    assert_eq!(body["projections"][0]["name"], "bank-account");
+    let (ok, body, _) = refold(&server, &["projections", "bank-account"]);
+    assert!(ok);
+    assert_eq!(body["counters"]["events_processed"], 1);
+    let (ok, _, _) = refold(&server, &["deploy", "bank-account", "/nonexistent.wasm"]);
+    assert!(!ok);
+}

@@ -1,6 +1,7 @@
 //! End-to-end tests: each one starts the real `refold` binary on its own store and drives
 //! it over HTTP (or through its CLI), as a user would.
 
+mod model;
 mod support;
 
 mod appends;
@@ -8,5 +9,6 @@ mod cli;
 mod concurrency;
 mod crash;
 mod errors;
+mod modules;
 mod reads;
 mod subscriptions;

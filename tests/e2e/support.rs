@@ -57,6 +57,19 @@ impl Server {
         server
     }
 
+    /// A second handle on the same running server (for concurrent clients); it does not
+    /// own the process.
+    pub fn attach(other: &Server) -> Self {
+        Self {
+            url: other.url.clone(),
+            port: other.port,
+            data: tempfile::tempdir().expect("a temporary folder"),
+            child: None,
+            extra_args: Vec::new(),
+            client: other.client.clone(),
+        }
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.data.path()
     }
@@ -307,6 +320,114 @@ impl SseReader {
                 .ok()??;
             self.buffer
                 .push_str(&String::from_utf8_lossy(&chunk.expect("subscription body")));
+        }
+    }
+}
+
+/// The repository's top folder.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+/// Builds the example modules for wasm (once per test run) with `examples/build.sh`, in
+/// their own target folder so that it never waits on this test run's build lock.
+/// Returns `examples/dist`.
+pub fn examples() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = repo_root();
+            let status = Command::new("bash")
+                .arg(root.join("examples/build.sh"))
+                .args(["--target", "all"])
+                .env("CARGO_TARGET_DIR", root.join("examples/target"))
+                .env_remove("RUSTFLAGS")
+                .env_remove("CARGO_ENCODED_RUSTFLAGS")
+                .status()
+                .expect("examples/build.sh runs");
+            assert!(status.success(), "examples/build.sh failed");
+            root.join("examples/dist")
+        })
+        .clone()
+}
+
+/// The bytes of a built example module (`bank-account.wasm`, `order-summary.core.wasm`).
+pub fn example(file: &str) -> Vec<u8> {
+    let path = examples().join(file);
+    std::fs::read(&path).unwrap_or_else(|err| panic!("reading {}: {err}", path.display()))
+}
+
+impl Server {
+    /// `PUT /projections/{name}` with `bytes`.
+    pub async fn deploy(&self, name: &str, bytes: Vec<u8>) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .put(self.path(&format!("/projections/{name}")))
+            .header("content-type", "application/wasm")
+            .body(bytes)
+            .send()
+            .await
+            .expect("deploy is answered");
+        decode(response).await
+    }
+
+    /// The log head (the number of durable events).
+    pub async fn head(&self) -> u64 {
+        self.get("/health").await.1["head"].as_u64().expect("head")
+    }
+
+    /// Waits until module `name` has processed every event appended so far.
+    pub async fn wait_caught_up(&self, name: &str) {
+        let head = self.head().await;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (status, body) = self.get(&format!("/projections/{name}")).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_ne!(body["status"], "faulted", "module {name} faulted: {body}");
+            if body["position"].as_u64().is_some_and(|p| p >= head) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "module {name} did not catch up: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every key and value of a projection.
+    pub async fn projection_state(&self, name: &str) -> std::collections::BTreeMap<String, Value> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut from: Option<String> = None;
+        loop {
+            let mut url =
+                reqwest::Url::parse(&self.path(&format!("/projections/{name}/state"))).unwrap();
+            url.query_pairs_mut().append_pair("limit", "1000");
+            if let Some(from) = &from {
+                url.query_pairs_mut().append_pair("from", from);
+            }
+            let body: Value = self
+                .client
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            for item in body["items"].as_array().expect("items") {
+                out.insert(
+                    item["key"].as_str().unwrap().to_owned(),
+                    item["value"].clone(),
+                );
+            }
+            match body["next"].as_str() {
+                Some(next) => from = Some(next.to_owned()),
+                None => return out,
+            }
         }
     }
 }

@@ -248,7 +248,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             client::read(&server.server, target, from, limit).await
         }
-        Command::Deploy { name, file, server } => client::deploy(&server.server, &name, &file).await,
+        Command::Deploy { name, file, server } => {
+            client::deploy(&server.server, &name, &file).await
+        }
         Command::Projections { name, server } => {
             client::projections(&server.server, name.as_deref()).await
         }

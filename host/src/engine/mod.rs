@@ -206,7 +206,11 @@ impl WasmEngine {
         let refused: Vec<&str> = ty
             .imports(&self.engine)
             .map(|(name, _)| name)
-            .filter(|name| !GRANTED_IMPORTS.iter().any(|granted| name.starts_with(granted)))
+            .filter(|name| {
+                !GRANTED_IMPORTS
+                    .iter()
+                    .any(|granted| name.starts_with(granted))
+            })
             .collect();
         if !refused.is_empty() {
             return Err(UploadError::Incompatible(format!(
@@ -216,7 +220,10 @@ impl WasmEngine {
                 refused.join(", ")
             )));
         }
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_owned()).collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
         let has = |name: &str| exports.iter().any(|e| e == name);
         let kind = if has("apply") || has("init") {
             ModuleKind::Reducer
@@ -303,7 +310,11 @@ impl GuestError {
         }
     }
 
-    fn from_wasmtime(err: &wasmtime::Error, limits: &ModuleLimits, store_failure: Option<String>) -> Self {
+    fn from_wasmtime(
+        err: &wasmtime::Error,
+        limits: &ModuleLimits,
+        store_failure: Option<String>,
+    ) -> Self {
         if let Some(failure) = store_failure {
             return Self::new(GuestErrorKind::Contract, failure);
         }
@@ -381,9 +392,7 @@ impl Guest {
             store.set_epoch_deadline(self.deadline_ticks());
             let instance = match &self.module.pre {
                 ModulePre::Reducer(pre) => pre.instantiate(&mut store).map(Instance::Reducer),
-                ModulePre::Projection(pre) => {
-                    pre.instantiate(&mut store).map(Instance::Projection)
-                }
+                ModulePre::Projection(pre) => pre.instantiate(&mut store).map(Instance::Projection),
             }
             .map_err(|err| {
                 let mut e = GuestError::from_wasmtime(&err, &self.limits, None);
@@ -471,7 +480,11 @@ impl Guest {
                 ),
             ));
         }
-        if let Some(big) = results.iter().flatten().find(|s| s.len() > self.limits.max_state_bytes) {
+        if let Some(big) = results
+            .iter()
+            .flatten()
+            .find(|s| s.len() > self.limits.max_state_bytes)
+        {
             return Err(GuestError::new(
                 GuestErrorKind::Contract,
                 format!(
@@ -493,7 +506,10 @@ impl Guest {
         &mut self,
         events: &[Event],
         state: Box<dyn StateStore>,
-    ) -> (Result<Result<(), String>, GuestError>, Option<Box<dyn StateStore>>) {
+    ) -> (
+        Result<Result<(), String>, GuestError>,
+        Option<Box<dyn StateStore>>,
+    ) {
         let mut state = Some(state);
         let result = self.call(|store, instance| match instance {
             Instance::Projection(p) => {
@@ -516,7 +532,9 @@ impl GuestState {
         f: impl FnOnce(&mut dyn StateStore) -> Result<R, String>,
     ) -> wasmtime::Result<R> {
         let Some(store) = self.state_store.as_mut() else {
-            return Err(wasmtime::Error::msg("state-store used outside a handle call"));
+            return Err(wasmtime::Error::msg(
+                "state-store used outside a handle call",
+            ));
         };
         f(store.as_mut()).map_err(|message| {
             self.store_failure = Some(message.clone());

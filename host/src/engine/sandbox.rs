@@ -122,7 +122,9 @@ impl HostMonotonicClock for TickingClock {
         1_000
     }
     fn now(&self) -> u64 {
-        let n = self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self
+            .reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         n * 1_000
     }
 }
@@ -214,7 +216,9 @@ impl GuestLog {
                 || buffer.partial[slot].len() >= MAX_LINE_BYTES;
             if complete {
                 let raw = std::mem::take(&mut buffer.partial[slot]);
-                let text = String::from_utf8_lossy(&raw).trim_end_matches('\n').to_owned();
+                let text = String::from_utf8_lossy(&raw)
+                    .trim_end_matches('\n')
+                    .to_owned();
                 buffer.push(LogLine { source, line: text });
             }
         }
@@ -224,7 +228,10 @@ impl GuestLog {
     pub fn tail(&self, limit: usize) -> (Vec<LogLine>, u64) {
         let buffer = self.0.lock();
         let skip = buffer.lines.len().saturating_sub(limit);
-        (buffer.lines.iter().skip(skip).cloned().collect(), buffer.dropped)
+        (
+            buffer.lines.iter().skip(skip).cloned().collect(),
+            buffer.dropped,
+        )
     }
 }
 
@@ -292,7 +299,11 @@ impl Pollable for LogPipe {
 }
 
 impl tokio::io::AsyncWrite for LogPipe {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.log.write(self.source, buf);
         Poll::Ready(Ok(buf.len()))
     }

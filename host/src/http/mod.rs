@@ -83,7 +83,10 @@ pub fn router(state: AppState) -> Router {
             get(projections::stream_state),
         )
         .route("/projections/{name}/state", get(projections::state_list))
-        .route("/projections/{name}/state/{*key}", get(projections::state_key))
+        .route(
+            "/projections/{name}/state/{*key}",
+            get(projections::state_key),
+        )
         .route("/projections/{name}/logs", get(projections::logs))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

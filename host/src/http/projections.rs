@@ -25,8 +25,11 @@ const DEFAULT_WAIT_MS: u64 = 5_000;
 const MAX_WAIT_MS: u64 = 60_000;
 
 fn module_not_found(name: &str) -> ApiError {
-    ApiError::not_found("module_not_found", format!("no module named {name:?} is deployed"))
-        .with("name", name)
+    ApiError::not_found(
+        "module_not_found",
+        format!("no module named {name:?} is deployed"),
+    )
+    .with("name", name)
 }
 
 fn find(app: &AppState, name: &str) -> Result<Arc<DeployedModule>, ApiError> {
@@ -67,9 +70,11 @@ pub async fn deploy(
             DeployError::Upload(UploadError::NotWasm(message)) => {
                 ApiError::bad_request("not_wasm", message)
             }
-            DeployError::Upload(UploadError::Incompatible(message)) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "incompatible_module", message)
-            }
+            DeployError::Upload(UploadError::Incompatible(message)) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "incompatible_module",
+                message,
+            ),
             DeployError::Internal(err) => {
                 tracing::error!(error = %format!("{err:#}"), "deploy failed");
                 ApiError::new(
@@ -99,7 +104,12 @@ pub async fn deploy(
 
 pub async fn list(State(app): State<AppState>) -> Json<Value> {
     let head = app.modules.head();
-    let modules: Vec<Value> = app.modules.list().iter().map(|m| summary(m, head)).collect();
+    let modules: Vec<Value> = app
+        .modules
+        .list()
+        .iter()
+        .map(|m| summary(m, head))
+        .collect();
     Json(json!({ "projections": modules }))
 }
 
@@ -186,7 +196,9 @@ async fn caught_up(module: &DeployedModule, consistency: &Consistency) -> Result
         return Ok(());
     }
     let why = match (reached, current.status) {
-        (_, Status::Faulted) => "the module is faulted and will not get there until it is fixed".to_owned(),
+        (_, Status::Faulted) => {
+            "the module is faulted and will not get there until it is fixed".to_owned()
+        }
         _ => format!("it did not get there within {wait_ms} ms"),
     };
     Err(ApiError::new(
@@ -198,7 +210,10 @@ async fn caught_up(module: &DeployedModule, consistency: &Consistency) -> Result
         ),
     )
     .with("position", current.checkpoint)
-    .with("status", serde_json::to_value(current.status).unwrap_or(Value::Null)))
+    .with(
+        "status",
+        serde_json::to_value(current.status).unwrap_or(Value::Null),
+    ))
 }
 
 /// State bytes as JSON (by convention), or as a string if a module stores something else.
@@ -250,7 +265,9 @@ pub async fn stream_state(
         .ok_or_else(|| {
             ApiError::not_found(
                 "stream_not_found",
-                format!("module {name} has no state for stream {stream}: it has seen no event of it"),
+                format!(
+                    "module {name} has no state for stream {stream}: it has seen no event of it"
+                ),
             )
         })?;
     Ok(Json(json!({
@@ -328,5 +345,7 @@ pub async fn logs(
     let limit = params::limit(query.limit.as_deref())?;
     let module = find(&app, &name)?;
     let (lines, dropped) = module.log.tail(limit);
-    Ok(Json(json!({ "name": name, "lines": lines, "dropped": dropped })))
+    Ok(Json(
+        json!({ "name": name, "lines": lines, "dropped": dropped }),
+    ))
 }

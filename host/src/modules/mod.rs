@@ -25,7 +25,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, watch};
 
 use crate::engine::sandbox::{GuestLog, LogLine};
-use crate::engine::{CompiledModule, Guest, GuestErrorKind, ModuleKind, ModuleLimits, UploadError, WasmEngine};
+use crate::engine::{
+    CompiledModule, Guest, GuestErrorKind, ModuleKind, ModuleLimits, UploadError, WasmEngine,
+};
 use crate::store::{EventStore, GlobalPosition, SledStore};
 use state::ModuleState;
 
@@ -208,7 +210,10 @@ impl ModuleRegistry {
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&compiled_dir)
             .with_context(|| format!("creating {}", compiled_dir.display()))?;
-        let records = store.db().open_tree("modules").context("opening the modules tree")?;
+        let records = store
+            .db()
+            .open_tree("modules")
+            .context("opening the modules tree")?;
         let registry = Self {
             engine,
             store,
@@ -266,7 +271,11 @@ impl ModuleRegistry {
         }
     }
 
-    fn start(&self, record: ModuleRecord, compiled: CompiledModule) -> anyhow::Result<Arc<DeployedModule>> {
+    fn start(
+        &self,
+        record: ModuleRecord,
+        compiled: CompiledModule,
+    ) -> anyhow::Result<Arc<DeployedModule>> {
         let tree = self
             .store
             .db()
@@ -297,7 +306,12 @@ impl ModuleRegistry {
             control: RunnerControl::default(),
             thread: Mutex::new(None),
         });
-        let guest = Guest::new(self.engine.clone(), Arc::new(compiled), self.defaults.clone(), log);
+        let guest = Guest::new(
+            self.engine.clone(),
+            Arc::new(compiled),
+            self.defaults.clone(),
+            log,
+        );
         let runner = runner::Runner::new(module.clone(), guest, self.store.clone());
         let thread = std::thread::Builder::new()
             .name(format!("module-{}", module.name))

@@ -92,7 +92,11 @@ impl Runner {
         self.checkpoint = match self.module.state.checkpoint() {
             Ok(checkpoint) => checkpoint,
             Err(err) => {
-                self.fault(None, GuestErrorKind::Contract, format!("reading the checkpoint failed: {err}"));
+                self.fault(
+                    None,
+                    GuestErrorKind::Contract,
+                    format!("reading the checkpoint failed: {err}"),
+                );
                 return self.wait_for_stop();
             }
         };
@@ -120,7 +124,11 @@ impl Runner {
             let (events, scanned_to) = match self.collect(&filter, durable) {
                 Ok(collected) => collected,
                 Err(err) => {
-                    self.fault(None, GuestErrorKind::Contract, format!("reading the log failed: {err}"));
+                    self.fault(
+                        None,
+                        GuestErrorKind::Contract,
+                        format!("reading the log failed: {err}"),
+                    );
                     return self.wait_for_stop();
                 }
             };
@@ -176,7 +184,11 @@ impl Runner {
         }
     }
 
-    fn process_reducer(&mut self, events: Vec<Event>, checkpoint: GlobalPosition) -> Result<(), Failure> {
+    fn process_reducer(
+        &mut self,
+        events: Vec<Event>,
+        checkpoint: GlobalPosition,
+    ) -> Result<(), Failure> {
         let mut batches: Vec<StreamBatch> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         for event in events {
@@ -186,7 +198,11 @@ impl Runner {
             }
             let state = match self.states.get(&event.stream_id) {
                 Some(state) => Some(state.bytes.clone()),
-                None => self.module.state.stream_state(&event.stream_id)?.map(|s| s.bytes),
+                None => self
+                    .module
+                    .state
+                    .stream_state(&event.stream_id)?
+                    .map(|s| s.bytes),
             };
             index.insert(event.stream_id.clone(), batches.len());
             batches.push(StreamBatch {
@@ -214,8 +230,15 @@ impl Runner {
         Ok(())
     }
 
-    fn process_projection(&mut self, events: &[Event], checkpoint: GlobalPosition) -> Result<(), Failure> {
-        let overlay = KvOverlay::new(self.module.state.clone(), self.guest.limits().max_state_bytes);
+    fn process_projection(
+        &mut self,
+        events: &[Event],
+        checkpoint: GlobalPosition,
+    ) -> Result<(), Failure> {
+        let overlay = KvOverlay::new(
+            self.module.state.clone(),
+            self.guest.limits().max_state_bytes,
+        );
         let (result, overlay) = self.guest.handle(events, Box::new(overlay));
         result.map_err(Failure::Guest)?.map_err(Failure::Rejected)?;
         // The store comes back unless the call trapped, and a trap returned above.
@@ -225,7 +248,9 @@ impl Runner {
                 any.downcast::<KvOverlay>().ok()
             })
             .ok_or_else(|| Failure::Storage("the projection's state store was lost".into()))?;
-        overlay.into_changes().commit(&self.module.state, checkpoint)?;
+        overlay
+            .into_changes()
+            .commit(&self.module.state, checkpoint)?;
         self.dirty_since.get_or_insert_with(Instant::now);
         Ok(())
     }

@@ -241,7 +241,10 @@ mod tests {
         let state = state();
         assert_eq!(state.checkpoint().unwrap(), 0);
         let mut changes = Changes::default();
-        let s = StreamState { revision: 4, bytes: b"{}".to_vec() };
+        let s = StreamState {
+            revision: 4,
+            bytes: b"{}".to_vec(),
+        };
         changes.put_stream_state("account-1", &s);
         changes.commit(&state, 17).unwrap();
         assert_eq!(state.checkpoint().unwrap(), 17);
@@ -261,9 +264,19 @@ mod tests {
         overlay.delete("a/3".into()).unwrap();
         assert_eq!(overlay.get("a/2").unwrap(), Some(b"2".to_vec()));
         assert_eq!(overlay.get("a/3").unwrap(), None);
-        let keys: Vec<_> = overlay.scan("a/", None, 10).unwrap().into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<_> = overlay
+            .scan("a/", None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         assert_eq!(keys, ["a/1", "a/2"]);
-        let keys: Vec<_> = overlay.scan("a/", Some("a/1"), 10).unwrap().into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<_> = overlay
+            .scan("a/", Some("a/1"), 10)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         assert_eq!(keys, ["a/2"]);
         assert!(overlay.put("big".into(), vec![0; 101]).is_err());
         // Nothing reached the tree.
