@@ -25,8 +25,13 @@ const MAX_BATCH_EVENTS: usize = 2_000;
 const MAX_SCAN_EVENTS: usize = 100_000;
 /// Reducer states remembered between batches.
 const MAX_CACHED_STATES: usize = 100_000;
+/// Changes of consecutive batches are committed together (sled's cost is per key written,
+/// and a rebuild touches the same keys over and over) until this many events...
+const COMMIT_EVERY_EVENTS: u64 = 50_000;
+/// ...or this much time has passed; and always when the runner catches up with the log.
+const COMMIT_EVERY: Duration = Duration::from_millis(100);
 /// Module state is derived from durable events, so a crash can only cost replay work; it
-/// is flushed at most this often rather than per batch.
+/// is flushed at most this often rather than per commit.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
 
 /// Why a batch did not commit.
@@ -57,9 +62,26 @@ pub(super) struct Runner {
     module: Arc<DeployedModule>,
     guest: Guest,
     store: Arc<SledStore>,
+    /// The committed checkpoint: what queries see.
     checkpoint: GlobalPosition,
+    /// Committed reducer states remembered between batches.
     states: HashMap<String, StreamState>,
+    /// Processed but not yet committed.
+    pending: Pending,
     dirty_since: Option<Instant>,
+}
+
+/// The effects of batches processed since the last commit.
+#[derive(Default)]
+struct Pending {
+    /// Where the next batch starts; the checkpoint once committed.
+    next: GlobalPosition,
+    events: u64,
+    since: Option<Instant>,
+    /// A reducer's new states.
+    states: HashMap<String, StreamState>,
+    /// A projection's writes.
+    overlay: Option<KvOverlay>,
 }
 
 pub(super) fn to_guest_event(event: &EventRef<'_>) -> Event {
@@ -83,6 +105,7 @@ impl Runner {
             store,
             checkpoint: 0,
             states: HashMap::new(),
+            pending: Pending::default(),
             dirty_since: None,
         }
     }
@@ -111,9 +134,15 @@ impl Runner {
                 return self.wait_for_stop();
             }
         };
+        self.pending.next = self.checkpoint;
         while !self.module.control.stopping() {
             let durable = *head.borrow_and_update();
-            if self.checkpoint >= durable {
+            if self.pending.next >= durable {
+                if let Err(failure) = self.commit() {
+                    let (kind, message) = failure.kind_and_message();
+                    self.fault(None, kind, message);
+                    return self.wait_for_stop();
+                }
                 self.publish(Some(Status::Running));
                 self.flush_if_due(true);
                 if !self.wait(&mut head) {
@@ -132,30 +161,73 @@ impl Runner {
                     return self.wait_for_stop();
                 }
             };
-            if events.is_empty() {
-                self.checkpoint = scanned_to;
-                self.publish(None);
-                continue;
-            }
             let count = events.len() as u64;
             let started = Instant::now();
-            match self.process(events, scanned_to) {
-                Ok(()) => {
+            let outcome = if events.is_empty() {
+                Ok(())
+            } else {
+                self.process(events)
+            };
+            let outcome = outcome.and_then(|()| {
+                self.pending.next = scanned_to;
+                self.pending.events += count;
+                self.pending.since.get_or_insert(started);
+                if count > 0 {
                     self.record_batch(count, started);
-                    self.checkpoint = scanned_to;
-                    self.publish(None);
                 }
-                Err(_) => {
-                    if let Err(fault) = self.replay_one_by_one(&filter, scanned_to) {
-                        let (position, failure) = *fault;
-                        let (kind, message) = failure.kind_and_message();
-                        self.fault(position, kind, message);
-                        return self.wait_for_stop();
-                    }
+                if self.pending.events >= COMMIT_EVERY_EVENTS
+                    || self
+                        .pending
+                        .since
+                        .is_some_and(|t| t.elapsed() >= COMMIT_EVERY)
+                {
+                    self.commit()?;
+                }
+                Ok(())
+            });
+            if outcome.is_err() {
+                // Nothing uncommitted survives a failure: replay from the checkpoint, one
+                // event at a time, to commit what succeeds and name the event that fails.
+                self.pending = Pending::default();
+                self.states.clear();
+                if let Err(fault) = self.replay_one_by_one(&filter, scanned_to) {
+                    let (position, failure) = *fault;
+                    let (kind, message) = failure.kind_and_message();
+                    self.fault(position, kind, message);
+                    return self.wait_for_stop();
                 }
             }
         }
+        if self.commit().is_err() {
+            tracing::warn!(module = %self.module.name, "the last commit before stopping failed");
+        }
         self.flush_if_due(false);
+    }
+
+    /// Commits the pending changes with the checkpoint they reach, and publishes it.
+    fn commit(&mut self) -> Result<(), Failure> {
+        let pending = std::mem::take(&mut self.pending);
+        let next = pending.next;
+        self.pending.next = next;
+        if next == self.checkpoint {
+            return Ok(());
+        }
+        let mut changes = match pending.overlay {
+            Some(overlay) => overlay.into_changes(),
+            None => Changes::default(),
+        };
+        for (stream, state) in &pending.states {
+            changes.put_stream_state(stream, state);
+        }
+        changes.commit(&self.module.state, next)?;
+        if self.states.len() + pending.states.len() > MAX_CACHED_STATES {
+            self.states.clear();
+        }
+        self.states.extend(pending.states);
+        self.checkpoint = next;
+        self.dirty_since.get_or_insert_with(Instant::now);
+        self.publish(None);
+        Ok(())
     }
 
     /// The wanted events from the checkpoint on, and the position scanning stopped at.
@@ -166,7 +238,7 @@ impl Runner {
     ) -> Result<(Vec<Event>, GlobalPosition), crate::store::StoreError> {
         let mut events = Vec::new();
         let mut scanned = 0;
-        let scanned_to = self.store.scan_log(self.checkpoint, durable, |event| {
+        let scanned_to = self.store.scan_log(self.pending.next, durable, |event| {
             scanned += 1;
             if filter.matches(event.stream, event.event_type) {
                 events.push(to_guest_event(&event));
@@ -176,19 +248,15 @@ impl Runner {
         Ok((events, scanned_to))
     }
 
-    /// Runs one batch through the guest and commits its effects with `checkpoint`.
-    fn process(&mut self, events: Vec<Event>, checkpoint: GlobalPosition) -> Result<(), Failure> {
+    /// Runs one batch through the guest, adding its effects to the pending changes.
+    fn process(&mut self, events: Vec<Event>) -> Result<(), Failure> {
         match self.guest.kind() {
-            ModuleKind::Reducer => self.process_reducer(events, checkpoint),
-            ModuleKind::Projection => self.process_projection(&events, checkpoint),
+            ModuleKind::Reducer => self.process_reducer(events),
+            ModuleKind::Projection => self.process_projection(&events),
         }
     }
 
-    fn process_reducer(
-        &mut self,
-        events: Vec<Event>,
-        checkpoint: GlobalPosition,
-    ) -> Result<(), Failure> {
+    fn process_reducer(&mut self, events: Vec<Event>) -> Result<(), Failure> {
         let mut batches: Vec<StreamBatch> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         for event in events {
@@ -196,7 +264,12 @@ impl Runner {
                 batches[i].events.push(event);
                 continue;
             }
-            let state = match self.states.get(&event.stream_id) {
+            let known = self
+                .pending
+                .states
+                .get(&event.stream_id)
+                .or_else(|| self.states.get(&event.stream_id));
+            let state = match known {
                 Some(state) => Some(state.bytes.clone()),
                 None => self
                     .module
@@ -212,33 +285,23 @@ impl Runner {
             });
         }
         let results = self.guest.apply(&batches).map_err(Failure::Guest)?;
-        let mut changes = Changes::default();
         let mut updated = Vec::with_capacity(batches.len());
         for (batch, result) in batches.into_iter().zip(results) {
             let bytes = result.map_err(Failure::Rejected)?;
             let revision = batch.events.last().map_or(0, |e| e.revision);
-            let state = StreamState { revision, bytes };
-            changes.put_stream_state(&batch.stream_id, &state);
-            updated.push((batch.stream_id, state));
+            updated.push((batch.stream_id, StreamState { revision, bytes }));
         }
-        changes.commit(&self.module.state, checkpoint)?;
-        if self.states.len() + updated.len() > MAX_CACHED_STATES {
-            self.states.clear();
-        }
-        self.states.extend(updated);
-        self.dirty_since.get_or_insert_with(Instant::now);
+        self.pending.states.extend(updated);
         Ok(())
     }
 
-    fn process_projection(
-        &mut self,
-        events: &[Event],
-        checkpoint: GlobalPosition,
-    ) -> Result<(), Failure> {
-        let overlay = KvOverlay::new(
-            self.module.state.clone(),
-            self.guest.limits().max_state_bytes,
-        );
+    fn process_projection(&mut self, events: &[Event]) -> Result<(), Failure> {
+        let overlay = self.pending.overlay.take().unwrap_or_else(|| {
+            KvOverlay::new(
+                self.module.state.clone(),
+                self.guest.limits().max_state_bytes,
+            )
+        });
         let (result, overlay) = self.guest.handle(events, Box::new(overlay));
         result.map_err(Failure::Guest)?.map_err(Failure::Rejected)?;
         // The store comes back unless the call trapped, and a trap returned above.
@@ -248,10 +311,7 @@ impl Runner {
                 any.downcast::<KvOverlay>().ok()
             })
             .ok_or_else(|| Failure::Storage("the projection's state store was lost".into()))?;
-        overlay
-            .into_changes()
-            .commit(&self.module.state, checkpoint)?;
-        self.dirty_since.get_or_insert_with(Instant::now);
+        self.pending.overlay = Some(*overlay);
         Ok(())
     }
 
@@ -275,14 +335,16 @@ impl Runner {
         for event in singles {
             let position = event.position;
             let started = Instant::now();
-            self.process(vec![event], position + 1)
+            self.process(vec![event])
+                .and_then(|()| {
+                    self.pending.next = position + 1;
+                    self.commit()
+                })
                 .map_err(|failure| Box::new((Some(position), failure)))?;
             self.record_batch(1, started);
-            self.checkpoint = position + 1;
-            self.publish(None);
         }
-        self.checkpoint = until;
-        self.publish(None);
+        self.pending.next = until;
+        self.commit().map_err(|failure| Box::new((None, failure)))?;
         Ok(())
     }
 

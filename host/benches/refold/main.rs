@@ -1,8 +1,8 @@
 //! Refold's benchmark: starts the real server and measures it over HTTP, printing each
 //! figure beside its target from the design contract.
 //!
-//! `cargo bench -p refold` runs everything; `cargo bench -p refold -- --seconds 3` shortens
-//! each timed phase.
+//! `cargo bench -p refold --bench refold` runs everything; add `-- --seconds 3` to shorten
+//! each timed phase, `-- --events 200000` for a smaller rebuild log.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+mod modules;
 
 struct Server {
     url: String,
@@ -148,23 +150,29 @@ async fn read_all(url: &str) -> (f64, u64) {
     (total as f64 / started.elapsed().as_secs_f64(), total)
 }
 
-fn seconds_arg() -> f64 {
+fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
-        .position(|a| a == "--seconds")
+        .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5.0)
+        .unwrap_or(default)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let seconds = seconds_arg();
+    let seconds: f64 = arg("--seconds", 5.0);
+    let events: u64 = arg("--events", 1_000_000);
     println!(
         "Refold benchmark ({} cores, {seconds} s per timed phase)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!();
+    if std::env::args().any(|a| a == "--modules-only") {
+        println!("## Modules");
+        modules::rebuild_and_lag(events, seconds).await;
+        return;
+    }
     println!("## Event store over HTTP");
     let server = Server::start().await;
 
@@ -215,4 +223,9 @@ async fn main() {
         "events/s",
         "",
     );
+    drop(server);
+
+    println!();
+    println!("## Modules");
+    modules::rebuild_and_lag(events, seconds).await;
 }

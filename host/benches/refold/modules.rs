@@ -1,0 +1,343 @@
+//! Module figures, measured in-process on the real store and runners: rebuild rate beside
+//! the same fold in native Rust over the same storage, and live lag from append
+//! acknowledgement to module checkpoint.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use refold::engine::{ModuleLimits, WasmEngine};
+use refold::modules::ModuleRegistry;
+use refold::modules::state::{ModuleState, StreamState};
+use refold::store::{
+    EventStore, ExpectedRevision, ProposedEvent, SledStore, StoreConfig, StreamName,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{percentile, report};
+
+const ACCOUNTS: u64 = 10_000;
+const ORDERS: u64 = 20_000;
+
+fn build_examples(root: &Path) {
+    let status = std::process::Command::new("bash")
+        .arg(root.join("examples/build.sh"))
+        .env("CARGO_TARGET_DIR", root.join("examples/target"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("examples/build.sh runs");
+    assert!(status.success(), "examples/build.sh failed");
+}
+
+fn proposed(event_type: &str, data: serde_json::Value) -> ProposedEvent {
+    ProposedEvent {
+        id: uuid::Uuid::new_v4(),
+        id_from_client: false,
+        event_type: event_type.to_owned(),
+        data: data.to_string(),
+        metadata: "{}".to_owned(),
+    }
+}
+
+/// Appends `count` events: 100 per append, `streams` streams, from 32 concurrent tasks.
+async fn fill(store: &Arc<SledStore>, count: u64, make: fn(u64, u64) -> (String, ProposedEvent)) {
+    let appends = count / 100;
+    let tasks: Vec<_> = (0..32u64)
+        .map(|task| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut n = task;
+                while n < appends {
+                    let (stream, _) = make(n, 0);
+                    let events = (0..100).map(|i| make(n, i).1).collect();
+                    store
+                        .append(
+                            StreamName::parse(&stream).unwrap(),
+                            ExpectedRevision::Any,
+                            events,
+                        )
+                        .await
+                        .expect("append");
+                    n += 32;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("fill task");
+    }
+}
+
+fn bank_event(append: u64, i: u64) -> (String, ProposedEvent) {
+    let stream = format!("account-{}", append % ACCOUNTS);
+    let event = match (append / ACCOUNTS, i) {
+        (0, 0) => proposed("AccountOpened", json!({"owner": format!("owner-{append}")})),
+        (_, i) if i % 3 == 0 => proposed("Withdrawn", json!({"amount": 3 + i})),
+        (_, i) => proposed("Deposited", json!({"amount": 10 + i})),
+    };
+    (stream, event)
+}
+
+fn order_event(append: u64, i: u64) -> (String, ProposedEvent) {
+    let order = (append * 25 + i / 4) % ORDERS;
+    let stream = format!("order-{order}");
+    let event = match i % 4 {
+        0 => proposed(
+            "OrderPlaced",
+            json!({"customer": format!("c-{}", order % 500), "total": 20 + i}),
+        ),
+        1 => proposed("OrderPaid", json!({})),
+        2 => proposed("OrderShipped", json!({})),
+        _ => proposed("OrderCancelled", json!({})),
+    };
+    (stream, event)
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Account {
+    owner: Option<String>,
+    balance: i64,
+    transactions: u64,
+}
+
+#[derive(Deserialize)]
+struct Opened {
+    owner: String,
+}
+
+#[derive(Deserialize)]
+struct Movement {
+    amount: i64,
+}
+
+/// The bank-account fold in native Rust, over the same log and the same kind of state
+/// storage and commit policy as the module runner.
+fn native_bank_fold(store: &SledStore, state: &ModuleState) -> u64 {
+    let mut accounts: HashMap<String, (u64, Account)> = HashMap::new();
+    let mut dirty: HashMap<String, ()> = HashMap::new();
+    let mut folded = 0u64;
+    let mut since_commit = 0u64;
+    let mut next = 0;
+    let head = store.head();
+    while next < head {
+        next = store
+            .scan_log(next, head, |e| {
+                if !e.stream.starts_with("account-") {
+                    return true;
+                }
+                let (revision, account) = accounts.entry(e.stream.to_owned()).or_default();
+                *revision = e.revision;
+                match e.event_type {
+                    "AccountOpened" => {
+                        account.owner = serde_json::from_str::<Opened>(e.data).ok().map(|o| o.owner)
+                    }
+                    "Deposited" | "Withdrawn" => {
+                        let amount =
+                            serde_json::from_str::<Movement>(e.data).map_or(0, |m| m.amount);
+                        account.balance += if e.event_type == "Deposited" {
+                            amount
+                        } else {
+                            -amount
+                        };
+                        account.transactions += 1;
+                    }
+                    _ => return true,
+                }
+                dirty.insert(e.stream.to_owned(), ());
+                folded += 1;
+                since_commit += 1;
+                since_commit < 50_000
+            })
+            .expect("scan");
+        let mut changes = refold::modules::state::Changes::default();
+        for stream in dirty.keys() {
+            let (revision, account) = &accounts[stream];
+            let bytes = serde_json::to_vec(account).expect("json");
+            changes.put_stream_state(
+                stream,
+                &StreamState {
+                    revision: *revision,
+                    bytes,
+                },
+            );
+        }
+        changes.commit(state, next).expect("commit");
+        dirty.clear();
+        since_commit = 0;
+    }
+    folded
+}
+
+async fn rebuild(
+    registry: &ModuleRegistry,
+    store: &SledStore,
+    name: &str,
+    wasm: &[u8],
+) -> Duration {
+    let deployed = registry.deploy(name, wasm).expect("deploy");
+    let started = Instant::now();
+    let mut progress = deployed.module.watch_progress();
+    let head = store.head();
+    progress
+        .wait_for(|p| p.checkpoint >= head)
+        .await
+        .expect("the runner publishes progress");
+    started.elapsed()
+}
+
+pub async fn rebuild_and_lag(events: u64, seconds: f64) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf();
+    build_examples(&root);
+    let bank_wasm =
+        std::fs::read(root.join("examples/dist/bank-account.wasm")).expect("bank-account.wasm");
+    let orders_wasm =
+        std::fs::read(root.join("examples/dist/order-summary.wasm")).expect("order-summary.wasm");
+
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let store =
+        Arc::new(SledStore::open(&StoreConfig::new(dir.path().join("store"))).expect("store"));
+    let filled = Instant::now();
+    fill(&store, events, bank_event).await;
+    println!(
+        "(log: {} bank-account events written in {:.1} s)",
+        store.head(),
+        filled.elapsed().as_secs_f64()
+    );
+
+    let native_state = ModuleState::new(store.db().open_tree("bench/native").expect("tree"));
+    let started = Instant::now();
+    let folded = native_bank_fold(&store, &native_state);
+    let native_rate = folded as f64 / started.elapsed().as_secs_f64();
+
+    let engine = Arc::new(WasmEngine::new().expect("engine"));
+    let registry = ModuleRegistry::open(
+        engine,
+        store.clone(),
+        dir.path().join("compiled"),
+        ModuleLimits::default(),
+    )
+    .expect("registry");
+    let took = rebuild(&registry, &store, "bank-account", &bank_wasm).await;
+    let wasm_rate = store.head() as f64 / took.as_secs_f64();
+    if std::env::var_os("REFOLD_BENCH_DETAIL").is_some() {
+        let module = registry.get("bank-account").expect("deployed");
+        let busy = module
+            .counters
+            .busy_micros
+            .load(std::sync::atomic::Ordering::Relaxed);
+        println!("(guest calls took {busy} µs of {} µs)", took.as_micros());
+    }
+    report(
+        "rebuild bank-account (wasm module)",
+        wasm_rate,
+        "events/s",
+        "≥ 1,000,000",
+    );
+    report(
+        "  same fold in native Rust, same storage",
+        native_rate,
+        "events/s",
+        "",
+    );
+    println!(
+        "{:<52} {:>14.2} {:<10} target ≤ 3",
+        "  native / wasm",
+        native_rate / wasm_rate,
+        "×"
+    );
+
+    let before = store.head();
+    fill(&store, events / 2, order_event).await;
+    let order_events = store.head() - before;
+    let took = rebuild(&registry, &store, "order-summary", &orders_wasm).await;
+    report(
+        &format!(
+            "rebuild order-summary ({order_events} of {} events wanted)",
+            store.head()
+        ),
+        order_events as f64 / took.as_secs_f64(),
+        "events/s",
+        "",
+    );
+
+    live_lag(&registry, &store, seconds).await;
+    registry.shutdown();
+}
+
+/// A steady append load; for each acknowledged event, the time until bank-account's
+/// committed checkpoint passes it.
+async fn live_lag(registry: &ModuleRegistry, store: &Arc<SledStore>, seconds: f64) {
+    let module = registry.get("bank-account").expect("deployed");
+    let acks: Arc<parking_lot::Mutex<Vec<(u64, Instant)>>> = Arc::default();
+    let stop = Instant::now() + Duration::from_secs_f64(seconds);
+    let appenders: Vec<_> = (0..8u64)
+        .map(|task| {
+            let (store, acks) = (store.clone(), acks.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                let mut tick = tokio::time::interval(Duration::from_millis(2));
+                while Instant::now() < stop {
+                    tick.tick().await;
+                    let stream =
+                        StreamName::parse(&format!("account-{}", (task * 1_000 + n) % ACCOUNTS))
+                            .unwrap();
+                    let outcome = store
+                        .append(
+                            stream,
+                            ExpectedRevision::Any,
+                            vec![proposed("Deposited", json!({"amount": 1}))],
+                        )
+                        .await
+                        .expect("append");
+                    acks.lock().push((outcome.last_position, Instant::now()));
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    let mut progress = module.watch_progress();
+    let mut lags = Vec::new();
+    let mut measured = 0usize;
+    let watcher_deadline = stop + Duration::from_secs(5);
+    while Instant::now() < watcher_deadline {
+        if tokio::time::timeout(Duration::from_millis(100), progress.changed())
+            .await
+            .is_err()
+        {
+            if Instant::now() > stop {
+                break;
+            }
+            continue;
+        }
+        let checkpoint = progress.borrow().checkpoint;
+        let now = Instant::now();
+        let mut acks = acks.lock();
+        acks.sort_unstable_by_key(|(p, _)| *p);
+        let done = acks.partition_point(|(p, _)| *p < checkpoint);
+        for (_, acked) in acks.drain(..done) {
+            lags.push(now.saturating_duration_since(acked));
+            measured += 1;
+        }
+    }
+    for task in appenders {
+        task.await.expect("appender");
+    }
+    lags.sort_unstable();
+    println!(
+        "{:<52} {:>14.2} {:<10} target",
+        format!("live lag, ack → checkpoint ({measured} events, ~4,000/s)"),
+        percentile(&lags, 0.50).as_secs_f64() * 1e3,
+        "ms p50"
+    );
+    println!(
+        "{:<52} {:>14.2} {:<10} target < 20 ms",
+        "",
+        percentile(&lags, 0.99).as_secs_f64() * 1e3,
+        "ms p99"
+    );
+}
