@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::engine::{ModuleLimits, WasmEngine};
 use crate::http::{self, AppState, Limits};
-use crate::modules::ModuleRegistry;
+use crate::modules::{ModuleRegistry, ModuleSettings};
 use crate::store::{SledStore, StoreConfig};
 
 /// Everything `refold serve` needs.
@@ -52,9 +52,11 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         let registry = modules.clone();
         let target = name.clone();
-        let deployed = tokio::task::spawn_blocking(move || registry.deploy(&target, &bytes))
-            .await?
-            .with_context(|| format!("deploying {} as {name}", file.display()))?;
+        let deployed = tokio::task::spawn_blocking(move || {
+            registry.deploy(&target, &bytes, ModuleSettings::default())
+        })
+        .await?
+        .with_context(|| format!("deploying {} as {name}", file.display()))?;
         tracing::info!(module = name, version = %deployed.module.version, changed = deployed.changed, "deployed at startup");
     }
     let listener = TcpListener::bind(config.listen)

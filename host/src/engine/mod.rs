@@ -33,6 +33,8 @@ pub struct ModuleLimits {
     pub call_timeout: Duration,
     /// Largest state: one reducer state, or one projection value.
     pub max_state_bytes: usize,
+    /// Most bytes a projection may write through its state store in one call.
+    pub max_call_write_bytes: usize,
     /// What is kept of the guest's output.
     pub log_bytes: usize,
 }
@@ -44,6 +46,7 @@ impl Default for ModuleLimits {
             table_elements: 100_000,
             call_timeout: Duration::from_secs(10),
             max_state_bytes: 1024 * 1024,
+            max_call_write_bytes: 64 * 1024 * 1024,
             log_bytes: 64 * 1024,
         }
     }
@@ -77,6 +80,33 @@ const GRANTED_IMPORTS: [&str; 6] = [
     "wasi:random/",
     "wasi:filesystem/",
 ];
+
+/// WASI p2 as the sandbox grants it (see [`sandbox`]), except that waiting is refused:
+/// a guest blocked in `poll` or `pollable.block` (a sleep) would hold its thread in real
+/// time, beyond the reach of the epoch deadline, so it traps instead.
+fn sealed_wasi(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::DynPollable;
+    const NO_WAITING: &str = "the guest tried to wait (sleep or poll); modules run without \
+        waiting, so that time limits hold";
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    linker.allow_shadowing(true);
+    let mut poll = linker.instance("wasi:io/poll@0.2.12")?;
+    poll.func_wrap(
+        "poll",
+        |_, (_,): (Vec<Resource<DynPollable>>,)| -> wasmtime::Result<(Vec<u32>,)> {
+            Err(wasmtime::Error::msg(NO_WAITING))
+        },
+    )?;
+    poll.func_wrap(
+        "[method]pollable.block",
+        |_, (_,): (Resource<DynPollable>,)| -> wasmtime::Result<()> {
+            Err(wasmtime::Error::msg(NO_WAITING))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
 
 /// A module ready to instantiate.
 pub struct CompiledModule {
@@ -124,11 +154,11 @@ impl WasmEngine {
         let engine = Engine::new(&config)?;
 
         let mut reducer_linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut reducer_linker)?;
+        sealed_wasi(&mut reducer_linker)?;
         Reducer::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut reducer_linker, |s| s)?;
 
         let mut projection_linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut projection_linker)?;
+        sealed_wasi(&mut projection_linker)?;
         Projection::add_to_linker::<GuestState, HasSelf<GuestState>>(
             &mut projection_linker,
             |s| s,
@@ -285,7 +315,7 @@ pub struct GuestError {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GuestErrorKind {
     /// The guest trapped (a panic, `unreachable`, a bad memory access, stack overflow).
@@ -314,11 +344,20 @@ impl GuestError {
         err: &wasmtime::Error,
         limits: &ModuleLimits,
         store_failure: Option<String>,
+        printed: &[String],
     ) -> Self {
         if let Some(failure) = store_failure {
             return Self::new(GuestErrorKind::Contract, failure);
         }
         let chain = format!("{err:#}");
+        // A Rust panic prints its message to stderr, then traps with `unreachable`.
+        if let Some(start) = printed.iter().position(|line| line.contains("panicked at")) {
+            let message = printed[start..].join("\n");
+            return Self::new(
+                GuestErrorKind::Trap,
+                format!("the guest panicked: {message}"),
+            );
+        }
         match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => Self::new(
                 GuestErrorKind::Timeout,
@@ -338,7 +377,13 @@ impl GuestError {
                     ),
                 )
             }
-            Some(trap) => Self::new(GuestErrorKind::Trap, format!("the guest trapped: {trap}")),
+            Some(trap) => {
+                let mut message = format!("the guest trapped: {trap}");
+                if let Some(last) = printed.last() {
+                    message.push_str(&format!(" (its last output: {last})"));
+                }
+                Self::new(GuestErrorKind::Trap, message)
+            }
             None => Self::new(GuestErrorKind::Trap, format!("the guest failed: {chain}")),
         }
     }
@@ -395,7 +440,7 @@ impl Guest {
                 ModulePre::Projection(pre) => pre.instantiate(&mut store).map(Instance::Projection),
             }
             .map_err(|err| {
-                let mut e = GuestError::from_wasmtime(&err, &self.limits, None);
+                let mut e = GuestError::from_wasmtime(&err, &self.limits, None, &[]);
                 e.kind = GuestErrorKind::Instantiate;
                 e.message = format!("instantiating the module failed: {}", e.message);
                 e
@@ -417,14 +462,17 @@ impl Guest {
         f: impl FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<R>,
     ) -> Result<R, GuestError> {
         let ticks = self.deadline_ticks();
+        let printed_before = self.log.written();
         let (store, instance) = self.live()?;
         store.set_epoch_deadline(ticks);
         store.data_mut().store_failure = None;
+        store.data_mut().call_write_bytes = 0;
         match f(store, instance) {
             Ok(value) => Ok(value),
             Err(err) => {
                 let failure = store.data_mut().store_failure.take();
-                let error = GuestError::from_wasmtime(&err, &self.limits, failure);
+                let printed = self.log.stderr_since(printed_before);
+                let error = GuestError::from_wasmtime(&err, &self.limits, failure, &printed);
                 self.live = None;
                 Err(error)
             }
@@ -524,6 +572,22 @@ impl Guest {
     }
 }
 
+/// A state (reducer state or projection value) must be JSON and within the size limit.
+///
+/// # Errors
+/// What is wrong with it, as a phrase ("a state of N bytes; ...").
+pub fn check_state(bytes: &[u8], max_bytes: usize) -> Result<(), String> {
+    if bytes.len() > max_bytes {
+        return Err(format!(
+            "a state of {} bytes; the module's limit is {max_bytes} bytes",
+            bytes.len()
+        ));
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map(|_| ())
+        .map_err(|err| format!("a state that is not JSON ({err})"))
+}
+
 impl bindings::reducer::refold::projection::types::Host for GuestState {}
 
 impl GuestState {
@@ -549,7 +613,17 @@ impl state_store::Host for GuestState {
     }
 
     fn put(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
-        self.with_state_store(|s| s.put(key, value))
+        self.call_write_bytes += key.len() + value.len();
+        let budget = self.max_call_write_bytes;
+        let written = self.call_write_bytes;
+        self.with_state_store(|s| {
+            if written > budget {
+                return Err(format!(
+                    "the call wrote {written} bytes through the state store; the module's limit is {budget} bytes per call"
+                ));
+            }
+            s.put(key, value)
+        })
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<()> {

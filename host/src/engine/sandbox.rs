@@ -56,6 +56,9 @@ pub struct GuestState {
     pub(super) state_store: Option<Box<dyn StateStore>>,
     /// Why the last state-store call trapped, to report it instead of a bare trap.
     pub(super) store_failure: Option<String>,
+    /// Bytes written through the state store in the current call, and the limit.
+    pub(super) call_write_bytes: usize,
+    pub(super) max_call_write_bytes: usize,
 }
 
 impl GuestState {
@@ -86,6 +89,8 @@ impl GuestState {
                 .build(),
             state_store: None,
             store_failure: None,
+            call_write_bytes: 0,
+            max_call_write_bytes: limits.max_call_write_bytes,
         }
     }
 }
@@ -185,6 +190,8 @@ struct LogBuffer {
     bytes: usize,
     capacity: usize,
     dropped: u64,
+    /// Lines ever written (kept or dropped).
+    written: u64,
     partial: [Vec<u8>; 2],
 }
 
@@ -224,6 +231,31 @@ impl GuestLog {
         }
     }
 
+    /// How many lines were ever written; see [`GuestLog::stderr_since`].
+    pub fn written(&self) -> u64 {
+        self.0.lock().written
+    }
+
+    /// The stderr lines written after `written` lines (those still kept), including a
+    /// partial last line.
+    pub fn stderr_since(&self, written: u64) -> Vec<String> {
+        let buffer = self.0.lock();
+        let new = (buffer.written.saturating_sub(written)) as usize;
+        let skip = buffer.lines.len().saturating_sub(new);
+        let mut lines: Vec<String> = buffer
+            .lines
+            .iter()
+            .skip(skip)
+            .filter(|l| l.source == LogSource::Stderr)
+            .map(|l| l.line.clone())
+            .collect();
+        let partial = &buffer.partial[LogSource::Stderr as usize];
+        if !partial.is_empty() {
+            lines.push(String::from_utf8_lossy(partial).into_owned());
+        }
+        lines
+    }
+
     /// The most recent `limit` lines, oldest first, and how many were dropped overall.
     pub fn tail(&self, limit: usize) -> (Vec<LogLine>, u64) {
         let buffer = self.0.lock();
@@ -237,6 +269,7 @@ impl GuestLog {
 
 impl LogBuffer {
     fn push(&mut self, line: LogLine) {
+        self.written += 1;
         self.bytes += line.line.len();
         self.lines.push_back(line);
         while self.bytes > self.capacity {

@@ -14,7 +14,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -88,6 +88,11 @@ pub fn router(state: AppState) -> Router {
             get(projections::state_key),
         )
         .route("/projections/{name}/logs", get(projections::logs))
+        .route(
+            "/projections/{name}/dead-letters",
+            get(projections::dead_letters),
+        )
+        .route("/projections/{name}/{action}", post(projections::action))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

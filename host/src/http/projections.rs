@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::error::ApiError;
 use super::{AppState, params};
 use crate::engine::{ModuleKind, UploadError};
-use crate::modules::{DeployError, DeployedModule, Status};
+use crate::modules::{DeployedModule, FaultPolicy, ModuleError, ModuleSettings, Status};
 
 /// Largest module upload (language runtimes such as Python's are tens of MiB).
 pub const MAX_MODULE_BYTES: usize = 128 * 1024 * 1024;
@@ -53,37 +53,92 @@ fn summary(module: &DeployedModule, head: u64) -> Value {
     value
 }
 
-pub async fn deploy(
-    State(app): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let Path(name) = path?;
-    let body = body?;
-    let modules = app.modules.clone();
-    let deployed = tokio::task::spawn_blocking(move || modules.deploy(&name, &body))
-        .await?
-        .map_err(|err| match err {
-            DeployError::InvalidName(message) => {
+impl From<ModuleError> for ApiError {
+    fn from(err: ModuleError) -> Self {
+        match err {
+            ModuleError::InvalidName(message) => {
                 ApiError::bad_request("invalid_module_name", message)
             }
-            DeployError::Upload(UploadError::NotWasm(message)) => {
+            ModuleError::Upload(UploadError::NotWasm(message)) => {
                 ApiError::bad_request("not_wasm", message)
             }
-            DeployError::Upload(UploadError::Incompatible(message)) => ApiError::new(
+            ModuleError::Upload(UploadError::Incompatible(message)) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "incompatible_module",
                 message,
             ),
-            DeployError::Internal(err) => {
-                tracing::error!(error = %format!("{err:#}"), "deploy failed");
+            ModuleError::NotFound(name) => module_not_found(&name),
+            ModuleError::Conflict(message) => {
+                ApiError::new(StatusCode::CONFLICT, "not_faulted", message)
+            }
+            ModuleError::Internal(err) => {
+                tracing::error!(error = %format!("{err:#}"), "module operation failed");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "deploy_failed",
-                    format!("the module could not be stored: {err:#}"),
+                    "storage_failure",
+                    format!("the module operation failed: {err:#}"),
                 )
             }
-        })?;
+        }
+    }
+}
+
+/// Settings a deploy may carry as query parameters.
+#[derive(Deserialize)]
+pub struct DeployParams {
+    memory_mb: Option<String>,
+    timeout_ms: Option<String>,
+    max_state_bytes: Option<String>,
+    max_call_write_bytes: Option<String>,
+    log_bytes: Option<String>,
+    on_error: Option<String>,
+}
+
+impl DeployParams {
+    fn settings(&self) -> Result<ModuleSettings, ApiError> {
+        let positive = |name: &str, value: &Option<String>| -> Result<Option<u64>, ApiError> {
+            match params::u64_param(name, value.as_deref())? {
+                Some(0) => Err(ApiError::invalid_query(format!(
+                    "{name} must be at least 1"
+                ))),
+                other => Ok(other),
+            }
+        };
+        let on_error = match self.on_error.as_deref() {
+            None | Some("halt") => FaultPolicy::Halt,
+            Some("skip") => FaultPolicy::Skip,
+            Some(other) => {
+                return Err(ApiError::invalid_query(format!(
+                    "on_error must be halt or skip, not {other:?}"
+                )));
+            }
+        };
+        Ok(ModuleSettings {
+            memory_bytes: positive("memory_mb", &self.memory_mb)?.map(|mb| (mb as usize) << 20),
+            call_timeout_ms: positive("timeout_ms", &self.timeout_ms)?,
+            max_state_bytes: positive("max_state_bytes", &self.max_state_bytes)?
+                .map(|b| b as usize),
+            max_call_write_bytes: positive("max_call_write_bytes", &self.max_call_write_bytes)?
+                .map(|b| b as usize),
+            log_bytes: positive("log_bytes", &self.log_bytes)?.map(|b| b as usize),
+            on_error,
+        })
+    }
+}
+
+pub async fn deploy(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<DeployParams>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Path(name) = path?;
+    let Query(query) = query?;
+    let settings = query.settings()?;
+    let body = body?;
+    let modules = app.modules.clone();
+    let deployed =
+        tokio::task::spawn_blocking(move || modules.deploy(&name, &body, settings)).await??;
     let module = &deployed.module;
     let status = if deployed.changed {
         StatusCode::CREATED
@@ -134,7 +189,9 @@ pub async fn details(
         "current": true,
     }]);
     value["fault"] = serde_json::to_value(&progress.fault).unwrap_or(Value::Null);
+    value["settings"] = serde_json::to_value(&module.settings).unwrap_or(Value::Null);
     value["counters"] = json!({
+        "dead_letters": counters.dead_letters.load(Ordering::Relaxed),
         "events_processed": counters.events.load(Ordering::Relaxed),
         "batches": counters.batches.load(Ordering::Relaxed),
         "busy_ms": counters.busy_micros.load(Ordering::Relaxed) / 1_000,
@@ -143,6 +200,7 @@ pub async fn details(
         "memory_bytes": module.limits.memory_bytes,
         "call_timeout_ms": module.limits.call_timeout.as_millis() as u64,
         "max_state_bytes": module.limits.max_state_bytes,
+        "max_call_write_bytes": module.limits.max_call_write_bytes,
         "log_bytes": module.limits.log_bytes,
     });
     Ok(Json(value))
@@ -155,19 +213,66 @@ pub async fn remove(
     let Path(name) = path?;
     let modules = app.modules.clone();
     let target = name.clone();
-    let removed = tokio::task::spawn_blocking(move || modules.remove(&target))
-        .await?
-        .map_err(|err| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "storage_failure",
-                format!("removing the module failed: {err:#}"),
-            )
-        })?;
-    if !removed {
-        return Err(module_not_found(&name));
-    }
+    tokio::task::spawn_blocking(move || modules.remove(&target)).await??;
     Ok(Json(json!({ "name": name, "removed": true })))
+}
+
+/// `POST /projections/{name}/{action}`: pause, resume, reset, skip, verify.
+pub async fn action(
+    State(app): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path((name, action)) = path?;
+    let modules = app.modules.clone();
+    let head = modules.head();
+    let target = name.clone();
+    let outcome = tokio::task::spawn_blocking(move || -> Result<Value, ModuleError> {
+        let module = match action.as_str() {
+            "pause" => modules.pause(&target)?,
+            "resume" => modules.resume(&target)?,
+            "reset" => modules.reset(&target)?,
+            "skip" => modules.skip(&target)?,
+            "verify" => {
+                let verification = modules.verify(&target)?;
+                return Ok(serde_json::to_value(verification).unwrap_or_default());
+            }
+            other => {
+                return Err(ModuleError::NotFound(format!("{target}/{other}")));
+            }
+        };
+        Ok(summary(&module, head))
+    })
+    .await?;
+    match outcome {
+        Err(ModuleError::NotFound(what)) if what.contains('/') => Err(ApiError::not_found(
+            "not_found",
+            "unknown action; use pause, resume, reset, skip or verify",
+        )),
+        other => Ok(Json(other?)),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct DeadLetterParams {
+    from: Option<String>,
+    limit: Option<String>,
+}
+
+pub async fn dead_letters(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<DeadLetterParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(name) = path?;
+    let Query(query) = query?;
+    let from = params::u64_param("from", query.from.as_deref())?.unwrap_or(0);
+    let limit = params::limit(query.limit.as_deref())?;
+    let module = find(&app, &name)?;
+    let (letters, next) = module
+        .state
+        .dead_letters(from, limit)
+        .map_err(storage_error)?;
+    Ok(Json(json!({ "dead_letters": letters, "next": next })))
 }
 
 /// `after` and `wait_ms`, shared by every state query.

@@ -1,20 +1,24 @@
 //! The runner of one module version: a thread that reads the log from the module's
 //! checkpoint up to the durable head, skips what the module does not want without entering
-//! wasm, calls the guest with batches, and commits each batch's state changes together
-//! with the new checkpoint. It sleeps until the head moves; it never polls.
+//! wasm, calls the guest with batches, and commits the state changes together with the new
+//! checkpoint. It sleeps until the head moves; it never polls.
 //!
-//! A batch that fails is discarded whole and replayed one event at a time, so the fault
-//! names the exact event, and every event before it is committed.
+//! Consecutive batches are committed together (sled's cost is per key written, and a
+//! rebuild touches the same keys over and over), and always when the runner catches up.
+//! A batch that fails discards everything uncommitted; the runner replays those events
+//! one at a time, committing each, so the fault names the exact event. Then the module's
+//! policy decides: `halt` stops it there, `skip` records the event as a dead letter and
+//! goes on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::state::{Changes, KvOverlay, StreamState};
-use super::{DeployedModule, Fault, Status};
+use super::state::{Changes, DeadLetter, KvOverlay, StreamState};
+use super::{DeployedModule, Fault, FaultPolicy, RunnerControl, Status};
 use crate::engine::bindings::{Event, StreamBatch};
 use crate::engine::{Guest, GuestError, GuestErrorKind, ModuleKind};
 use crate::store::{EventFilter, EventRef, EventStore, GlobalPosition, SledStore};
@@ -25,10 +29,9 @@ const MAX_BATCH_EVENTS: usize = 2_000;
 const MAX_SCAN_EVENTS: usize = 100_000;
 /// Reducer states remembered between batches.
 const MAX_CACHED_STATES: usize = 100_000;
-/// Changes of consecutive batches are committed together (sled's cost is per key written,
-/// and a rebuild touches the same keys over and over) until this many events...
+/// Uncommitted work is committed once it holds this many events...
 const COMMIT_EVERY_EVENTS: u64 = 50_000;
-/// ...or this much time has passed; and always when the runner catches up with the log.
+/// ...or is this old; and always when the runner catches up with the log.
 const COMMIT_EVERY: Duration = Duration::from_millis(100);
 /// Module state is derived from durable events, so a crash can only cost replay work; it
 /// is flushed at most this often rather than per commit.
@@ -58,10 +61,22 @@ impl From<sled::Error> for Failure {
     }
 }
 
+/// What a runner does besides following the log.
+pub(super) struct RunnerOptions {
+    pub policy: FaultPolicy,
+    /// Stop at this position instead of following the log (a verification rebuild).
+    pub until: Option<GlobalPosition>,
+    /// Positions to step over without entering the guest (the live module's dead letters,
+    /// when verifying).
+    pub skip: BTreeSet<GlobalPosition>,
+}
+
 pub(super) struct Runner {
     module: Arc<DeployedModule>,
+    control: Arc<RunnerControl>,
     guest: Guest,
     store: Arc<SledStore>,
+    options: RunnerOptions,
     /// The committed checkpoint: what queries see.
     checkpoint: GlobalPosition,
     /// Committed reducer states remembered between batches.
@@ -82,6 +97,7 @@ struct Pending {
     states: HashMap<String, StreamState>,
     /// A projection's writes.
     overlay: Option<KvOverlay>,
+    dead_letters: Vec<DeadLetter>,
 }
 
 pub(super) fn to_guest_event(event: &EventRef<'_>) -> Event {
@@ -97,12 +113,24 @@ pub(super) fn to_guest_event(event: &EventRef<'_>) -> Event {
     }
 }
 
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 impl Runner {
-    pub(super) fn new(module: Arc<DeployedModule>, guest: Guest, store: Arc<SledStore>) -> Self {
+    pub(super) fn new(
+        module: Arc<DeployedModule>,
+        control: Arc<RunnerControl>,
+        guest: Guest,
+        store: Arc<SledStore>,
+        options: RunnerOptions,
+    ) -> Self {
         Self {
             module,
+            control,
             guest,
             store,
+            options,
             checkpoint: 0,
             states: HashMap::new(),
             pending: Pending::default(),
@@ -110,38 +138,50 @@ impl Runner {
         }
     }
 
+    /// Follows the log until told to stop; a fault is published and the thread then waits
+    /// for its stop.
     pub(super) fn run(mut self) {
+        if let Err(fault) = self.drive() {
+            self.publish_fault(fault);
+            while !self.control.stopping() {
+                futures::executor::block_on(self.control.wake.notified());
+            }
+        }
+        self.flush_if_due(false);
+    }
+
+    /// Processes the log until stopped, or (with `until`) until that position.
+    ///
+    /// # Errors
+    /// The fault that stopped the module.
+    pub(super) fn drive(&mut self) -> Result<(), Fault> {
         let mut head = self.store.watch_head();
-        self.checkpoint = match self.module.state.checkpoint() {
-            Ok(checkpoint) => checkpoint,
-            Err(err) => {
-                self.fault(
-                    None,
-                    GuestErrorKind::Contract,
-                    format!("reading the checkpoint failed: {err}"),
-                );
-                return self.wait_for_stop();
-            }
-        };
-        self.publish(None);
-        let filter = match self.guest.filter() {
-            Ok(filter) => EventFilter {
-                event_types: (!filter.event_types.is_empty()).then_some(filter.event_types),
-                categories: (!filter.categories.is_empty()).then_some(filter.categories),
-            },
-            Err(err) => {
-                self.fault(None, err.kind, format!("filter() failed: {}", err.message));
-                return self.wait_for_stop();
-            }
-        };
+        self.checkpoint = self.module.state.checkpoint().map_err(|err| {
+            self.make_fault(
+                None,
+                GuestErrorKind::Contract,
+                format!("reading the checkpoint failed: {err}"),
+            )
+        })?;
         self.pending.next = self.checkpoint;
-        while !self.module.control.stopping() {
-            let durable = *head.borrow_and_update();
+        self.publish(None);
+        let filter = self.guest.filter().map_err(|err| {
+            self.make_fault(None, err.kind, format!("filter() failed: {}", err.message))
+        })?;
+        let filter = EventFilter {
+            event_types: (!filter.event_types.is_empty()).then_some(filter.event_types),
+            categories: (!filter.categories.is_empty()).then_some(filter.categories),
+        };
+        while !self.control.stopping() {
+            let head_now = *head.borrow_and_update();
+            let durable = self
+                .options
+                .until
+                .map_or(head_now, |until| until.min(head_now));
             if self.pending.next >= durable {
-                if let Err(failure) = self.commit() {
-                    let (kind, message) = failure.kind_and_message();
-                    self.fault(None, kind, message);
-                    return self.wait_for_stop();
+                self.commit().map_err(|f| self.fault_from(None, f))?;
+                if self.options.until.is_some() {
+                    return Ok(());
                 }
                 self.publish(Some(Status::Running));
                 self.flush_if_due(true);
@@ -150,17 +190,15 @@ impl Runner {
                 }
                 continue;
             }
-            let (events, scanned_to) = match self.collect(&filter, durable) {
-                Ok(collected) => collected,
-                Err(err) => {
-                    self.fault(
+            let (events, scanned_to) = self
+                .collect(&filter, self.pending.next, durable, true)
+                .map_err(|err| {
+                    self.make_fault(
                         None,
                         GuestErrorKind::Contract,
                         format!("reading the log failed: {err}"),
-                    );
-                    return self.wait_for_stop();
-                }
-            };
+                    )
+                })?;
             let count = events.len() as u64;
             let started = Instant::now();
             let outcome = if events.is_empty() {
@@ -186,22 +224,40 @@ impl Runner {
                 Ok(())
             });
             if outcome.is_err() {
-                // Nothing uncommitted survives a failure: replay from the checkpoint, one
-                // event at a time, to commit what succeeds and name the event that fails.
-                self.pending = Pending::default();
+                // Nothing uncommitted survives a failure.
+                self.pending = Pending {
+                    next: self.checkpoint,
+                    ..Pending::default()
+                };
                 self.states.clear();
-                if let Err(fault) = self.replay_one_by_one(&filter, scanned_to) {
-                    let (position, failure) = *fault;
-                    let (kind, message) = failure.kind_and_message();
-                    self.fault(position, kind, message);
-                    return self.wait_for_stop();
-                }
+                self.replay_one_by_one(&filter, scanned_to)?;
             }
         }
-        if self.commit().is_err() {
-            tracing::warn!(module = %self.module.name, "the last commit before stopping failed");
-        }
-        self.flush_if_due(false);
+        self.commit().map_err(|f| self.fault_from(None, f))?;
+        Ok(())
+    }
+
+    /// The wanted events in `from..durable` (within the batch limits, unless `all`), and
+    /// the position scanning stopped at.
+    fn collect(
+        &self,
+        filter: &EventFilter,
+        from: GlobalPosition,
+        durable: GlobalPosition,
+        bounded: bool,
+    ) -> Result<(Vec<Event>, GlobalPosition), crate::store::StoreError> {
+        let mut events = Vec::new();
+        let mut scanned = 0;
+        let scanned_to = self.store.scan_log(from, durable, |event| {
+            scanned += 1;
+            if filter.matches(event.stream, event.event_type)
+                && !self.options.skip.contains(&event.position)
+            {
+                events.push(to_guest_event(&event));
+            }
+            !bounded || (events.len() < MAX_BATCH_EVENTS && scanned < MAX_SCAN_EVENTS)
+        })?;
+        Ok((events, scanned_to))
     }
 
     /// Commits the pending changes with the checkpoint they reach, and publishes it.
@@ -219,6 +275,9 @@ impl Runner {
         for (stream, state) in &pending.states {
             changes.put_stream_state(stream, state);
         }
+        for letter in &pending.dead_letters {
+            changes.put_dead_letter(letter);
+        }
         changes.commit(&self.module.state, next)?;
         if self.states.len() + pending.states.len() > MAX_CACHED_STATES {
             self.states.clear();
@@ -228,24 +287,6 @@ impl Runner {
         self.dirty_since.get_or_insert_with(Instant::now);
         self.publish(None);
         Ok(())
-    }
-
-    /// The wanted events from the checkpoint on, and the position scanning stopped at.
-    fn collect(
-        &self,
-        filter: &EventFilter,
-        durable: GlobalPosition,
-    ) -> Result<(Vec<Event>, GlobalPosition), crate::store::StoreError> {
-        let mut events = Vec::new();
-        let mut scanned = 0;
-        let scanned_to = self.store.scan_log(self.pending.next, durable, |event| {
-            scanned += 1;
-            if filter.matches(event.stream, event.event_type) {
-                events.push(to_guest_event(&event));
-            }
-            events.len() < MAX_BATCH_EVENTS && scanned < MAX_SCAN_EVENTS
-        })?;
-        Ok((events, scanned_to))
     }
 
     /// Runs one batch through the guest, adding its effects to the pending changes.
@@ -315,37 +356,68 @@ impl Runner {
         Ok(())
     }
 
-    /// After a failed batch: the same events one at a time, committing each, to find the
-    /// exact event that fails.
+    /// After a failed batch: the same events one at a time, each committed, to find the
+    /// exact event that fails; then the policy decides.
     fn replay_one_by_one(
         &mut self,
         filter: &EventFilter,
         until: GlobalPosition,
-    ) -> Result<(), Box<(Option<GlobalPosition>, Failure)>> {
-        let mut singles = Vec::new();
-        let from = self.checkpoint;
-        self.store
-            .scan_log(from, until, |event| {
-                if filter.matches(event.stream, event.event_type) {
-                    singles.push(to_guest_event(&event));
-                }
-                true
-            })
-            .map_err(|err| Box::new((None, Failure::Storage(err.to_string()))))?;
+    ) -> Result<(), Fault> {
+        let (singles, _) = self
+            .collect(filter, self.checkpoint, until, false)
+            .map_err(|err| {
+                self.make_fault(
+                    None,
+                    GuestErrorKind::Contract,
+                    format!("reading the log failed: {err}"),
+                )
+            })?;
         for event in singles {
             let position = event.position;
+            let (id, stream, event_type) = (
+                event.id.clone(),
+                event.stream_id.clone(),
+                event.event_type.clone(),
+            );
             let started = Instant::now();
-            self.process(vec![event])
-                .and_then(|()| {
-                    self.pending.next = position + 1;
+            let outcome = self.process(vec![event]).and_then(|()| {
+                self.pending.next = position + 1;
+                self.commit()
+            });
+            match outcome {
+                Ok(()) => self.record_batch(1, started),
+                Err(failure) => {
+                    let fault = self.fault_from(Some(position), failure);
+                    if self.options.policy == FaultPolicy::Halt {
+                        return Err(fault);
+                    }
+                    tracing::info!(module = %self.module.name, position, "event dead-lettered by policy");
+                    self.pending = Pending {
+                        next: position + 1,
+                        dead_letters: vec![DeadLetter {
+                            position,
+                            event_id: id,
+                            event_type,
+                            stream,
+                            kind: fault.kind,
+                            message: fault.message,
+                            at: now_rfc3339(),
+                            by: "policy".into(),
+                        }],
+                        ..Pending::default()
+                    };
+                    self.states.clear();
                     self.commit()
-                })
-                .map_err(|failure| Box::new((Some(position), failure)))?;
-            self.record_batch(1, started);
+                        .map_err(|f| self.fault_from(Some(position), f))?;
+                    self.module
+                        .counters
+                        .dead_letters
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
         self.pending.next = until;
-        self.commit().map_err(|failure| Box::new((None, failure)))?;
-        Ok(())
+        self.commit().map_err(|f| self.fault_from(None, f))
     }
 
     fn record_batch(&self, events: u64, started: Instant) {
@@ -379,7 +451,17 @@ impl Runner {
         });
     }
 
-    fn fault(&self, position: Option<GlobalPosition>, kind: GuestErrorKind, message: String) {
+    fn fault_from(&self, position: Option<GlobalPosition>, failure: Failure) -> Fault {
+        let (kind, message) = failure.kind_and_message();
+        self.make_fault(position, kind, message)
+    }
+
+    fn make_fault(
+        &self,
+        position: Option<GlobalPosition>,
+        kind: GuestErrorKind,
+        message: String,
+    ) -> Fault {
         let event = position.and_then(|p| {
             let mut found = None;
             let _ = self.store.scan_log(p, p + 1, |e| {
@@ -389,8 +471,7 @@ impl Runner {
             found
         });
         let (log_tail, _) = self.module.log.tail(20);
-        tracing::warn!(module = %self.module.name, ?position, %message, "module faulted");
-        let fault = Fault {
+        Fault {
             position,
             event_id: event.as_ref().map(|e| e.id.to_string()),
             event_type: event.as_ref().map(|e| e.event_type.clone()),
@@ -398,8 +479,12 @@ impl Runner {
             kind,
             message,
             log_tail,
-            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        };
+            at: now_rfc3339(),
+        }
+    }
+
+    fn publish_fault(&self, fault: Fault) {
+        tracing::warn!(module = %self.module.name, position = ?fault.position, message = %fault.message, "module faulted");
         let checkpoint = self.checkpoint;
         self.module.progress.send_modify(|progress| {
             progress.checkpoint = checkpoint;
@@ -410,19 +495,12 @@ impl Runner {
 
     /// Sleeps until the head moves or the runner is told to stop; `false` to stop.
     fn wait(&self, head: &mut watch::Receiver<GlobalPosition>) -> bool {
-        let control = &self.module.control;
+        let control = &self.control;
         futures::executor::block_on(async {
             tokio::select! {
                 changed = head.changed() => changed.is_ok(),
                 () = control.wake.notified() => true,
             }
         }) && !control.stopping()
-    }
-
-    fn wait_for_stop(&self) {
-        let control = &self.module.control;
-        while !control.stopping() {
-            futures::executor::block_on(control.wake.notified());
-        }
     }
 }

@@ -3,16 +3,42 @@
 //!
 //! Keys: `c` → checkpoint (u64 BE: every position below it is processed);
 //! `s` + stream → reducer state (last applied revision, u64 BE, then the state bytes);
-//! `k` + key → projection value.
+//! `k` + key → projection value; `d` + position (u64 BE) → a dead letter (JSON).
 
 use std::collections::BTreeMap;
 
+use crate::engine::check_state;
 use crate::engine::sandbox::StateStore;
 use crate::store::{GlobalPosition, StreamRevision};
 
 const CHECKPOINT_KEY: &[u8] = b"c";
 const STREAM_TAG: u8 = b's';
 const KEY_TAG: u8 = b'k';
+const DEAD_LETTER_TAG: u8 = b'd';
+
+fn dead_letter_key(position: GlobalPosition) -> [u8; 9] {
+    let mut key = [DEAD_LETTER_TAG; 9];
+    key[1..].copy_from_slice(&position.to_be_bytes());
+    key
+}
+
+/// An event a module stepped over: skipped by its `skip` policy or by an operator.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeadLetter {
+    pub position: GlobalPosition,
+    pub event_id: String,
+    pub event_type: String,
+    pub stream: String,
+    pub kind: crate::engine::GuestErrorKind,
+    pub message: String,
+    /// When it was skipped (RFC 3339).
+    pub at: String,
+    /// `policy` or `operator`.
+    pub by: String,
+}
+
+/// One entry of a module's derived state, for comparisons: its key in the tree and value.
+pub type StateEntry = (Vec<u8>, Vec<u8>);
 
 fn tagged(tag: u8, name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(name.len() + 1);
@@ -101,6 +127,64 @@ impl ModuleState {
     }
 }
 
+impl ModuleState {
+    /// Dead letters from position `from` on, at most `limit`, and the position of the next.
+    ///
+    /// # Errors
+    /// Storage failures, or a record that is not a dead letter.
+    pub fn dead_letters(
+        &self,
+        from: GlobalPosition,
+        limit: usize,
+    ) -> sled::Result<(Vec<DeadLetter>, Option<GlobalPosition>)> {
+        let mut letters = Vec::new();
+        for entry in self
+            .tree
+            .range(&dead_letter_key(from)[..]..&[DEAD_LETTER_TAG + 1][..])
+        {
+            let (_, value) = entry?;
+            let letter: DeadLetter = serde_json::from_slice(&value).map_err(|err| {
+                sled::Error::Unsupported(format!("a dead letter is unreadable: {err}"))
+            })?;
+            if letters.len() == limit {
+                return Ok((letters, Some(letter.position)));
+            }
+            letters.push(letter);
+        }
+        Ok((letters, None))
+    }
+
+    /// Every derived entry (states and values; not the checkpoint or dead letters), in key
+    /// order.
+    pub fn entries(&self) -> impl Iterator<Item = sled::Result<StateEntry>> + '_ {
+        self.tree
+            .iter()
+            .filter(|entry| {
+                entry.as_ref().map_or(true, |(key, _)| {
+                    matches!(key.first(), Some(&STREAM_TAG) | Some(&KEY_TAG))
+                })
+            })
+            .map(|entry| entry.map(|(k, v)| (k.to_vec(), v.to_vec())))
+    }
+
+    /// Drops everything: state, checkpoint and dead letters.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn clear(&self) -> sled::Result<()> {
+        self.tree.clear()
+    }
+}
+
+/// A state entry's key as people read it: a stream (reducer) or a key (projection).
+pub fn describe_entry_key(key: &[u8]) -> String {
+    let name = String::from_utf8_lossy(key.get(1..).unwrap_or_default());
+    match key.first() {
+        Some(&STREAM_TAG) => format!("stream {name}"),
+        _ => format!("key {name}"),
+    }
+}
+
 /// The changes of one batch, committed with the new checkpoint or not at all.
 #[derive(Default)]
 pub struct Changes {
@@ -113,6 +197,12 @@ impl Changes {
         value.extend_from_slice(&state.revision.to_be_bytes());
         value.extend_from_slice(&state.bytes);
         self.batch.insert(tagged(STREAM_TAG, stream), value);
+    }
+
+    pub fn put_dead_letter(&mut self, letter: &DeadLetter) {
+        let value = serde_json::to_vec(letter).unwrap_or_default();
+        self.batch
+            .insert(&dead_letter_key(letter.position)[..], value);
     }
 
     /// # Errors
@@ -167,13 +257,8 @@ impl StateStore for KvOverlay {
     }
 
     fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        if value.len() > self.max_value_bytes {
-            return Err(format!(
-                "put of {} bytes under key {key:?}: the module's limit is {} bytes per value",
-                value.len(),
-                self.max_value_bytes
-            ));
-        }
+        check_state(&value, self.max_value_bytes)
+            .map_err(|why| format!("put under key {key:?} of {why}"))?;
         self.writes.insert(key, Some(value));
         Ok(())
     }
@@ -278,7 +363,8 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(keys, ["a/2"]);
-        assert!(overlay.put("big".into(), vec![0; 101]).is_err());
+        assert!(overlay.put("big".into(), vec![b'1'; 101]).is_err());
+        assert!(overlay.put("bad".into(), b"not json".to_vec()).is_err());
         // Nothing reached the tree.
         assert_eq!(state.value("a/3").unwrap(), Some(b"3".to_vec()));
     }
