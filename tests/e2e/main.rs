@@ -11,4 +11,5 @@ mod crash;
 mod errors;
 mod modules;
 mod reads;
+mod sandbox;
 mod subscriptions;

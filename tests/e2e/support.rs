@@ -431,3 +431,57 @@ impl Server {
         }
     }
 }
+
+/// Builds the test-only guests in `tests/guests` (once per test run), in their own target
+/// folder, and returns the bytes of `<name>.wasm`.
+pub fn test_guest(name: &str) -> Vec<u8> {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dist = BUILT.get_or_init(|| {
+        let root = repo_root();
+        let status = Command::new("bash")
+            .arg(root.join("tests/guests/build.sh"))
+            .env("CARGO_TARGET_DIR", root.join("tests/guests/target"))
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .status()
+            .expect("tests/guests/build.sh runs");
+        assert!(status.success(), "tests/guests/build.sh failed");
+        root.join("tests/guests/dist")
+    });
+    let path = dist.join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|err| panic!("reading {}: {err}", path.display()))
+}
+
+impl Server {
+    /// Polls `GET /projections/{name}` until `done` holds for it (or panics after 30 s).
+    pub async fn wait_module(
+        &self,
+        name: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.get(&format!("/projections/{name}")).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            if done(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "module {name} never became {what}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn action(&self, name: &str, action: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(self.path(&format!("/projections/{name}/{action}")))
+            .send()
+            .await
+            .expect("action is answered");
+        decode(response).await
+    }
+}

@@ -528,19 +528,10 @@ impl Guest {
                 ),
             ));
         }
-        if let Some(big) = results
-            .iter()
-            .flatten()
-            .find(|s| s.len() > self.limits.max_state_bytes)
-        {
-            return Err(GuestError::new(
-                GuestErrorKind::Contract,
-                format!(
-                    "apply returned a state of {} bytes; the module's limit is {} bytes",
-                    big.len(),
-                    self.limits.max_state_bytes
-                ),
-            ));
+        for state in results.iter().flatten() {
+            check_state(state, self.limits.max_state_bytes).map_err(|why| {
+                GuestError::new(GuestErrorKind::Contract, format!("apply returned {why}"))
+            })?;
         }
         Ok(results)
     }
