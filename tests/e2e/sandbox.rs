@@ -436,3 +436,21 @@ async fn the_sandbox_grants_no_files_no_environment_and_refuses_sockets() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn an_upload_over_the_size_limit_is_refused_and_deploys_nothing() {
+    let server = Server::start_with(&["--max-module-bytes", "100000"]).await;
+    let (status, body) = server.deploy("too-big", test_guest("hostile")).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        "{body}"
+    );
+    // The server answered before reading the whole body and closed that connection.
+    let fresh = Server::attach(&server).with_new_client();
+    let (_, listing) = fresh.get("/projections").await;
+    assert_eq!(listing["projections"], json!([]));
+    // Event appends keep their own, smaller limit.
+    let (status, _) = fresh.post("/streams/s-1", &event("E", json!(1))).await;
+    assert_eq!(status, StatusCode::CREATED);
+}

@@ -70,6 +70,12 @@ impl Server {
         }
     }
 
+    /// The same handle with a client of its own (no pooled connections).
+    pub fn with_new_client(mut self) -> Self {
+        self.client = reqwest::Client::new();
+        self
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.data.path()
     }

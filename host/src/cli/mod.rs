@@ -55,6 +55,9 @@ enum Command {
         /// Largest single event (type + data + metadata), in bytes.
         #[arg(long, default_value_t = Limits::default().max_event_bytes)]
         max_event_bytes: usize,
+        /// Largest module upload, in bytes.
+        #[arg(long, default_value_t = Limits::default().max_module_bytes)]
+        max_module_bytes: usize,
         /// The store's page cache, in MiB.
         #[arg(long, default_value_t = 256)]
         cache_mib: u64,
@@ -187,6 +190,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             max_body_bytes,
             max_events_per_append,
             max_event_bytes,
+            max_module_bytes,
             cache_mib,
             deploy,
             module_memory_mib,
@@ -200,6 +204,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     max_body_bytes,
                     max_events_per_append,
                     max_event_bytes,
+                    max_module_bytes,
                 },
                 cache_bytes: cache_mib * 1024 * 1024,
                 module_limits: ModuleLimits {

@@ -31,6 +31,8 @@ pub struct Limits {
     pub max_events_per_append: usize,
     /// Largest single event: type + data + metadata, in bytes.
     pub max_event_bytes: usize,
+    /// Largest module upload, in bytes (language runtimes such as Python's are tens of MiB).
+    pub max_module_bytes: usize,
 }
 
 impl Default for Limits {
@@ -39,6 +41,7 @@ impl Default for Limits {
             max_body_bytes: 32 * 1024 * 1024,
             max_events_per_append: 10_000,
             max_event_bytes: 4 * 1024 * 1024,
+            max_module_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -57,6 +60,7 @@ pub struct AppState {
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
+    let module_limit = state.limits.max_module_bytes;
     Router::new()
         .route("/health", get(health))
         .route("/streams", get(events::list_streams))
@@ -76,7 +80,7 @@ pub fn router(state: AppState) -> Router {
             put(projections::deploy)
                 .get(projections::details)
                 .delete(projections::remove)
-                .layer(DefaultBodyLimit::max(projections::MAX_MODULE_BYTES)),
+                .layer(DefaultBodyLimit::max(module_limit)),
         )
         .route(
             "/projections/{name}/streams/{stream}",

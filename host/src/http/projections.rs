@@ -19,8 +19,6 @@ use super::{AppState, params};
 use crate::engine::{ModuleKind, UploadError};
 use crate::modules::{DeployedModule, FaultPolicy, ModuleError, ModuleSettings, Status};
 
-/// Largest module upload (language runtimes such as Python's are tens of MiB).
-pub const MAX_MODULE_BYTES: usize = 128 * 1024 * 1024;
 const DEFAULT_WAIT_MS: u64 = 5_000;
 const MAX_WAIT_MS: u64 = 60_000;
 

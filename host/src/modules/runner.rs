@@ -388,6 +388,15 @@ impl Runner {
                 Ok(()) => self.record_batch(1, started),
                 Err(failure) => {
                     let fault = self.fault_from(Some(position), failure);
+                    // Everything before the failing event is done: the checkpoint moves
+                    // up to it (past the events the module does not want).
+                    self.pending = Pending {
+                        next: position,
+                        ..Pending::default()
+                    };
+                    self.states.clear();
+                    self.commit()
+                        .map_err(|f| self.fault_from(Some(position), f))?;
                     if self.options.policy == FaultPolicy::Halt {
                         return Err(fault);
                     }
