@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::engine::{ModuleLimits, WasmEngine};
 use crate::http::{self, AppState, Limits};
-use crate::modules::{ModuleRegistry, ModuleSettings};
+use crate::modules::{Activation, ModuleRegistry, ModuleSettings};
 use crate::store::{SledStore, StoreConfig};
 
 /// Everything `refold serve` needs.
@@ -25,6 +25,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub limits: Limits,
     pub module_limits: ModuleLimits,
+    /// Earlier versions of each module whose state is kept for rollback.
+    pub keep_versions: usize,
     pub cache_bytes: u64,
     /// Modules to deploy at startup (name, file), unless already deployed with those bytes.
     pub deploy: Vec<(String, PathBuf)>,
@@ -39,12 +41,19 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     store_config.cache_bytes = config.cache_bytes;
     let compiled_dir = config.data_dir.join("compiled");
     let module_limits = config.module_limits.clone();
+    let keep_versions = config.keep_versions;
     let (store, modules) = tokio::task::spawn_blocking(move || {
         let store = Arc::new(SledStore::open(&store_config)?);
         let engine = Arc::new(WasmEngine::new().context("configuring the WebAssembly engine")?);
-        let modules = ModuleRegistry::open(engine, store.clone(), compiled_dir, module_limits)
-            .context("loading the deployed modules")?;
-        anyhow::Ok((store, Arc::new(modules)))
+        let modules = ModuleRegistry::open(
+            engine,
+            store.clone(),
+            compiled_dir,
+            module_limits,
+            keep_versions,
+        )
+        .context("loading the deployed modules")?;
+        anyhow::Ok((store, modules))
     })
     .await
     .context("opening the store")??;
@@ -53,7 +62,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         let registry = modules.clone();
         let target = name.clone();
         let deployed = tokio::task::spawn_blocking(move || {
-            registry.deploy(&target, &bytes, ModuleSettings::default())
+            registry.deploy(&target, &bytes, ModuleSettings::default(), Activation::Auto)
         })
         .await?
         .with_context(|| format!("deploying {} as {name}", file.display()))?;

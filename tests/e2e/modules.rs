@@ -249,7 +249,7 @@ async fn deploys_are_versioned_by_content_and_bad_uploads_are_refused_with_the_c
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(
         body,
-        json!({"name": "bank-account", "version": version, "kind": "reducer", "status": "running"})
+        json!({"name": "bank-account", "version": version, "kind": "reducer", "status": "running", "current": true})
     );
     let (status, body) = server.deploy("bank-account", bytes).await;
     assert_eq!(

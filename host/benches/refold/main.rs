@@ -1,8 +1,16 @@
 //! Refold's benchmark: starts the real server and measures it over HTTP, printing each
 //! figure beside its target from the design contract.
 //!
-//! `cargo bench -p refold --bench refold` runs everything; add `-- --seconds 3` to shorten
-//! each timed phase, `-- --events 200000` for a smaller rebuild log.
+//! `cargo bench -p refold --bench refold` runs the HTTP and module sections. Flags (after
+//! `--`):
+//!
+//! - `--seconds N`: length of each timed phase (default 5).
+//! - `--events N`: events in the module rebuild log (default 1,000,000).
+//! - `--peer postgres`: also run the HTTP section's append workloads against PostgreSQL
+//!   (started by the benchmark on a temporary folder; see `peer.rs`), with ratios.
+//! - `--restart`: also the restart and memory section on a large log (see `restart.rs`;
+//!   it builds 10 million events, which takes minutes); `--restart-events N` to change that.
+//! - `--only http|modules|restart`: one section alone (`--modules-only` is `--only modules`).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -13,6 +21,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 mod modules;
+mod peer;
+mod restart;
 
 struct Server {
     url: String,
@@ -66,6 +76,57 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn report(name: &str, value: f64, unit: &str, target: &str) {
     println!("{name:<52} {value:>14.0} {unit:<10} target {target}");
+}
+
+/// A ratio between two figures, in the same columns as [`report`].
+fn ratio(name: &str, value: f64) {
+    println!("{name:<52} {value:>14.2} {:<10}", "×");
+}
+
+/// Size on disk of a file or folder, as `du` counts it (allocated blocks).
+fn disk_usage(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let own = meta.blocks() * 512;
+    if meta.is_dir() {
+        let inside: u64 = std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| disk_usage(&entry.path()))
+            .sum();
+        own + inside
+    } else {
+        own
+    }
+}
+
+/// Resident memory of process `pid` ("self" for this one): (VmRSS, VmHWM) in MiB, from
+/// `/proc/<pid>/status`. VmHWM is the peak resident size so far.
+fn memory_mib(pid: &str) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The HTTP section's figures that the peer comparison sets beside its own.
+#[derive(Default)]
+pub struct AppendFigures {
+    pub single_rate: f64,
+    pub single_p99_micros: f64,
+    pub batch_rate: f64,
+    /// Events in the store after both loads, and the store's size on disk.
+    pub events: u64,
+    pub disk_bytes: u64,
 }
 
 /// `clients` tasks append `batch` events per request to random streams for `seconds`.
@@ -159,24 +220,15 @@ fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let seconds: f64 = arg("--seconds", 5.0);
-    let events: u64 = arg("--events", 1_000_000);
-    println!(
-        "Refold benchmark ({} cores, {seconds} s per timed phase)",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    println!();
-    if std::env::args().any(|a| a == "--modules-only") {
-        println!("## Modules");
-        modules::rebuild_and_lag(events, seconds).await;
-        return;
-    }
+/// The event store over HTTP: both append loads and a full `/all` read, on a fresh server.
+async fn http_section(seconds: f64) -> AppendFigures {
     println!("## Event store over HTTP");
     let server = Server::start().await;
+    let mut figures = AppendFigures::default();
 
     let (rate, latencies) = append_load(&server.url, 64, 1, seconds).await;
+    figures.single_rate = rate;
+    figures.single_p99_micros = percentile(&latencies, 0.99).as_secs_f64() * 1e6;
     report(
         "durable single-event appends, 64 clients",
         rate,
@@ -189,14 +241,10 @@ async fn main() {
         "µs",
         "",
     );
-    report(
-        "  append latency p99",
-        percentile(&latencies, 0.99).as_secs_f64() * 1e6,
-        "µs",
-        "",
-    );
+    report("  append latency p99", figures.single_p99_micros, "µs", "");
 
     let (rate, latencies) = append_load(&server.url, 16, 100, seconds).await;
+    figures.batch_rate = rate;
     report(
         "durable batched appends (100/request), 16 clients",
         rate,
@@ -223,9 +271,60 @@ async fn main() {
         "events/s",
         "",
     );
-    drop(server);
+    figures.events = total;
+    figures.disk_bytes = disk_usage(server._data.path());
+    figures
+}
 
-    println!();
-    println!("## Modules");
-    modules::rebuild_and_lag(events, seconds).await;
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let seconds: f64 = arg("--seconds", 5.0);
+    let events: u64 = arg("--events", 1_000_000);
+    let restart_events: u64 = arg("--restart-events", 10_000_000);
+    // The restart section runs some of its phases in child processes of this benchmark, so
+    // that each phase's memory figures are its own.
+    let phase: String = arg("--restart-phase", String::new());
+    if !phase.is_empty() {
+        let dir: std::path::PathBuf = arg("--restart-dir", std::path::PathBuf::new());
+        restart::phase(&phase, &dir).await;
+        return;
+    }
+    let flag = |name: &str| std::env::args().any(|a| a == name);
+    let only: String = if flag("--modules-only") {
+        "modules".into()
+    } else {
+        arg("--only", String::new())
+    };
+    let peer: String = arg("--peer", String::new());
+    let section = |name: &str| only.is_empty() || only == name;
+    println!(
+        "Refold benchmark ({} cores, {seconds} s per timed phase)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    if section("http") {
+        println!();
+        let figures = http_section(seconds).await;
+        match peer.as_str() {
+            "" => {}
+            "postgres" | "postgresql" => {
+                println!();
+                println!("## Peer: PostgreSQL as an event store, same append workloads");
+                peer::compare_postgres(&figures, seconds).await;
+            }
+            other => println!("unknown peer {other:?}: the one supported is `--peer postgres`"),
+        }
+    }
+    if section("modules") {
+        println!();
+        println!("## Modules");
+        modules::rebuild_and_lag(events, seconds).await;
+    }
+    if only == "restart" || (only.is_empty() && flag("--restart")) {
+        println!();
+        println!(
+            "## Restart and memory, {restart_events} events, {} modules",
+            restart::MODULES
+        );
+        restart::run(restart_events).await;
+    }
 }

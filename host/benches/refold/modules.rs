@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use refold::engine::{ModuleLimits, WasmEngine};
-use refold::modules::ModuleRegistry;
 use refold::modules::state::{ModuleState, StreamState};
+use refold::modules::{ModuleRegistry, ModuleSettings};
 use refold::store::{
     EventStore, ExpectedRevision, ProposedEvent, SledStore, StoreConfig, StreamName,
 };
@@ -21,7 +21,16 @@ use super::{percentile, report};
 const ACCOUNTS: u64 = 10_000;
 const ORDERS: u64 = 20_000;
 
-fn build_examples(root: &Path) {
+/// The repository's top folder.
+pub fn repo_root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// Builds the example modules into `examples/dist/`.
+pub fn build_examples(root: &Path) {
     let status = std::process::Command::new("bash")
         .arg(root.join("examples/build.sh"))
         .env("CARGO_TARGET_DIR", root.join("examples/target"))
@@ -41,15 +50,30 @@ fn proposed(event_type: &str, data: serde_json::Value) -> ProposedEvent {
     }
 }
 
-/// Appends `count` events: 100 per append, `streams` streams, from 32 concurrent tasks.
-async fn fill(store: &Arc<SledStore>, count: u64, make: fn(u64, u64) -> (String, ProposedEvent)) {
-    let appends = count / 100;
+/// Appends `count` events, 100 per append, from 32 concurrent tasks.
+pub async fn fill(
+    store: &Arc<SledStore>,
+    count: u64,
+    make: fn(u64, u64) -> (String, ProposedEvent),
+) {
+    fill_appends(store, 0..count / 100, make).await;
+}
+
+/// Makes the appends numbered `appends` (100 events each, `make(append, i)` gives the
+/// stream and the i-th event) from 32 concurrent tasks. Numbering lets a large log be
+/// built in slices that continue one another.
+pub async fn fill_appends(
+    store: &Arc<SledStore>,
+    appends: std::ops::Range<u64>,
+    make: fn(u64, u64) -> (String, ProposedEvent),
+) {
     let tasks: Vec<_> = (0..32u64)
         .map(|task| {
             let store = store.clone();
+            let appends = appends.clone();
             tokio::spawn(async move {
-                let mut n = task;
-                while n < appends {
+                let mut n = appends.start + task;
+                while n < appends.end {
                     let (stream, _) = make(n, 0);
                     let events = (0..100).map(|i| make(n, i).1).collect();
                     store
@@ -70,7 +94,9 @@ async fn fill(store: &Arc<SledStore>, count: u64, make: fn(u64, u64) -> (String,
     }
 }
 
-fn bank_event(append: u64, i: u64) -> (String, ProposedEvent) {
+/// The bank-account workload: 10,000 `account-*` streams, each opened once, then
+/// deposits and withdrawals.
+pub fn bank_event(append: u64, i: u64) -> (String, ProposedEvent) {
     let stream = format!("account-{}", append % ACCOUNTS);
     let event = match (append / ACCOUNTS, i) {
         (0, 0) => proposed("AccountOpened", json!({"owner": format!("owner-{append}")})),
@@ -176,7 +202,9 @@ async fn rebuild(
     name: &str,
     wasm: &[u8],
 ) -> Duration {
-    let deployed = registry.deploy(name, wasm).expect("deploy");
+    let deployed = registry
+        .deploy(name, wasm, ModuleSettings::default())
+        .expect("deploy");
     let started = Instant::now();
     let mut progress = deployed.module.watch_progress();
     let head = store.head();
@@ -188,10 +216,7 @@ async fn rebuild(
 }
 
 pub async fn rebuild_and_lag(events: u64, seconds: f64) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf();
+    let root = repo_root();
     build_examples(&root);
     let bank_wasm =
         std::fs::read(root.join("examples/dist/bank-account.wasm")).expect("bank-account.wasm");

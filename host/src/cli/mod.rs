@@ -73,6 +73,9 @@ enum Command {
         /// Largest reducer state or projection value, in bytes.
         #[arg(long, default_value_t = ModuleLimits::default().max_state_bytes)]
         module_max_state_bytes: usize,
+        /// Earlier versions of each module whose state is kept for rollback.
+        #[arg(long, default_value_t = 2)]
+        keep_versions: usize,
     },
     /// Deploy a module (a WebAssembly component) under a name.
     Deploy {
@@ -196,6 +199,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             module_memory_mib,
             module_call_timeout_ms,
             module_max_state_bytes,
+            keep_versions,
         } => {
             server::serve(ServerConfig {
                 data_dir: data,
@@ -214,6 +218,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     ..ModuleLimits::default()
                 },
                 deploy,
+                keep_versions,
             })
             .await
         }

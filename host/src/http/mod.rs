@@ -5,6 +5,7 @@ pub mod error;
 mod events;
 mod params;
 mod projections;
+mod queries;
 mod render;
 mod subscribe;
 
@@ -84,18 +85,25 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/projections/{name}/streams/{stream}",
-            get(projections::stream_state),
+            get(queries::stream_state),
         )
-        .route("/projections/{name}/state", get(projections::state_list))
-        .route(
-            "/projections/{name}/state/{*key}",
-            get(projections::state_key),
-        )
-        .route("/projections/{name}/logs", get(projections::logs))
+        .route("/projections/{name}/state", get(queries::state_list))
+        .route("/projections/{name}/state/{*key}", get(queries::state_key))
+        .route("/projections/{name}/logs", get(queries::logs))
         .route(
             "/projections/{name}/dead-letters",
-            get(projections::dead_letters),
+            get(queries::dead_letters),
         )
+        .route("/projections/{name}/versions", get(projections::versions))
+        .route(
+            "/projections/{name}/versions/{version}/activate",
+            post(projections::activate),
+        )
+        .route(
+            "/projections/{name}/versions/{version}/diff",
+            get(projections::diff),
+        )
+        .route("/projections/{name}/replay", post(projections::replay))
         .route("/projections/{name}/{action}", post(projections::action))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

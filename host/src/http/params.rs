@@ -55,3 +55,14 @@ pub fn filter(types: Option<&str>, categories: Option<&str>) -> EventFilter {
         categories: list(categories),
     }
 }
+
+/// An RFC 3339 time as microseconds since the Unix epoch.
+pub fn timestamp_micros(name: &str, value: &str) -> Result<i64, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|t| t.timestamp_micros())
+        .map_err(|_| {
+            ApiError::invalid_query(format!(
+                "{name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z, not {value:?}"
+            ))
+        })
+}

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -16,11 +15,10 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::{AppState, params};
-use crate::engine::{ModuleKind, UploadError};
-use crate::modules::{DeployedModule, FaultPolicy, ModuleError, ModuleSettings, Status};
-
-const DEFAULT_WAIT_MS: u64 = 5_000;
-const MAX_WAIT_MS: u64 = 60_000;
+use crate::engine::UploadError;
+use crate::modules::{
+    Activation, DeployedModule, FaultPolicy, ModuleError, ModuleSettings, Role, VersionView,
+};
 
 fn module_not_found(name: &str) -> ApiError {
     ApiError::not_found(
@@ -32,6 +30,25 @@ fn module_not_found(name: &str) -> ApiError {
 
 fn find(app: &AppState, name: &str) -> Result<Arc<DeployedModule>, ApiError> {
     app.modules.get(name).ok_or_else(|| module_not_found(name))
+}
+
+/// One version, as `GET /projections/{name}` and `/versions` show it.
+fn version_json(view: &VersionView, head: u64) -> Value {
+    let module = &view.module;
+    let progress = module.progress();
+    let mut value = json!({
+        "version": module.version,
+        "role": view.role,
+        "kind": module.kind,
+        "status": progress.status,
+        "position": progress.checkpoint,
+        "lag": head.saturating_sub(progress.checkpoint),
+        "deployed_at": module.deployed_at,
+    });
+    if matches!(view.role, Role::Current | Role::Candidate) {
+        value["progress"] = serde_json::to_value(module.rebuild(head)).unwrap_or(Value::Null);
+    }
+    value
 }
 
 /// The summary every listing shows.
@@ -66,6 +83,12 @@ impl From<ModuleError> for ApiError {
                 message,
             ),
             ModuleError::NotFound(name) => module_not_found(&name),
+            ModuleError::VersionNotFound(name, version) => ApiError::not_found(
+                "version_not_found",
+                format!(
+                    "module {name} has no version {version:?}; GET /projections/{name}/versions lists them"
+                ),
+            ),
             ModuleError::Conflict(message) => {
                 ApiError::new(StatusCode::CONFLICT, "not_faulted", message)
             }
@@ -90,9 +113,20 @@ pub struct DeployParams {
     max_call_write_bytes: Option<String>,
     log_bytes: Option<String>,
     on_error: Option<String>,
+    activate: Option<String>,
 }
 
 impl DeployParams {
+    fn activation(&self) -> Result<Activation, ApiError> {
+        match self.activate.as_deref() {
+            None | Some("auto") => Ok(Activation::Auto),
+            Some("manual") => Ok(Activation::Manual),
+            Some(other) => Err(ApiError::invalid_query(format!(
+                "activate must be auto or manual, not {other:?}"
+            ))),
+        }
+    }
+
     fn settings(&self) -> Result<ModuleSettings, ApiError> {
         let positive = |name: &str, value: &Option<String>| -> Result<Option<u64>, ApiError> {
             match params::u64_param(name, value.as_deref())? {
@@ -133,10 +167,12 @@ pub async fn deploy(
     let Path(name) = path?;
     let Query(query) = query?;
     let settings = query.settings()?;
+    let activation = query.activation()?;
     let body = body?;
     let modules = app.modules.clone();
     let deployed =
-        tokio::task::spawn_blocking(move || modules.deploy(&name, &body, settings)).await??;
+        tokio::task::spawn_blocking(move || modules.deploy(&name, &body, settings, activation))
+            .await??;
     let module = &deployed.module;
     let status = if deployed.changed {
         StatusCode::CREATED
@@ -150,6 +186,7 @@ pub async fn deploy(
             "version": module.version,
             "kind": module.kind,
             "status": module.progress().status,
+            "current": app.modules.get(&module.name).is_some_and(|c| c.version == module.version),
         })),
     )
         .into_response())
@@ -179,13 +216,11 @@ pub async fn details(
     value["head"] = head.into();
     value["deployed_at"] = module.deployed_at.clone().into();
     value["size_bytes"] = module.size_bytes.into();
-    value["versions"] = json!([{
-        "version": module.version,
-        "deployed_at": module.deployed_at,
-        "status": progress.status,
-        "position": progress.checkpoint,
-        "current": true,
-    }]);
+    let versions = app.modules.versions(&name)?;
+    value["versions"] = versions.iter().map(|v| version_json(v, head)).collect();
+    if let Some(candidate) = versions.iter().find(|v| v.role == Role::Candidate) {
+        value["rebuild"] = version_json(candidate, head);
+    }
     value["fault"] = serde_json::to_value(&progress.fault).unwrap_or(Value::Null);
     value["settings"] = serde_json::to_value(&module.settings).unwrap_or(Value::Null);
     value["counters"] = json!({
@@ -250,205 +285,98 @@ pub async fn action(
     }
 }
 
-#[derive(Deserialize)]
-pub struct DeadLetterParams {
-    from: Option<String>,
-    limit: Option<String>,
-}
-
-pub async fn dead_letters(
+pub async fn versions(
     State(app): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-    query: Result<Query<DeadLetterParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(name) = path?;
+    let head = app.modules.head();
+    let versions = app.modules.versions(&name)?;
+    let list: Vec<Value> = versions.iter().map(|v| version_json(v, head)).collect();
+    Ok(Json(json!({ "name": name, "versions": list })))
+}
+
+pub async fn activate(
+    State(app): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path((name, version)) = path?;
+    let modules = app.modules.clone();
+    let head = modules.head();
+    let target = name.clone();
+    let module = tokio::task::spawn_blocking(move || modules.activate(&target, &version)).await??;
+    Ok(Json(summary(&module, head)))
+}
+
+pub async fn diff(
+    State(app): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path((name, version)) = path?;
+    let modules = app.modules.clone();
+    let diff = tokio::task::spawn_blocking(move || modules.diff(&name, &version)).await??;
+    Ok(Json(serde_json::to_value(diff).unwrap_or_default()))
+}
+
+#[derive(Deserialize)]
+pub struct ReplayParams {
+    to: Option<String>,
+}
+
+/// `POST /projections/{name}/replay?to=<position or RFC 3339 time>`: a temporary read
+/// model of the module up to that point, queryable with `version=<its id>`.
+pub async fn replay(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<ReplayParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Path(name) = path?;
     let Query(query) = query?;
-    let from = params::u64_param("from", query.from.as_deref())?.unwrap_or(0);
-    let limit = params::limit(query.limit.as_deref())?;
-    let module = find(&app, &name)?;
-    let (letters, next) = module
-        .state
-        .dead_letters(from, limit)
-        .map_err(storage_error)?;
-    Ok(Json(json!({ "dead_letters": letters, "next": next })))
-}
-
-/// `after` and `wait_ms`, shared by every state query.
-#[derive(Deserialize)]
-pub struct Consistency {
-    after: Option<String>,
-    wait_ms: Option<String>,
-}
-
-/// Waits until `module` has processed the log up to `after`, if given.
-async fn caught_up(module: &DeployedModule, consistency: &Consistency) -> Result<(), ApiError> {
-    let Some(after) = params::u64_param("after", consistency.after.as_deref())? else {
-        return Ok(());
-    };
-    let wait_ms = params::u64_param("wait_ms", consistency.wait_ms.as_deref())?
-        .unwrap_or(DEFAULT_WAIT_MS)
-        .min(MAX_WAIT_MS);
-    let mut progress = module.watch_progress();
-    let reached = tokio::time::timeout(
-        Duration::from_millis(wait_ms),
-        progress.wait_for(|p| p.checkpoint > after || p.status == Status::Faulted),
-    )
-    .await;
-    let current = module.progress();
-    if current.checkpoint > after {
-        return Ok(());
-    }
-    let why = match (reached, current.status) {
-        (_, Status::Faulted) => {
-            "the module is faulted and will not get there until it is fixed".to_owned()
+    let raw = query.to.ok_or_else(|| {
+        ApiError::invalid_query("to is required: a log position or an RFC 3339 time")
+    })?;
+    let store = app.store.clone();
+    let to = match raw.parse::<u64>() {
+        Ok(position) => position,
+        Err(_) => {
+            let micros = params::timestamp_micros("to", &raw)?;
+            tokio::task::spawn_blocking(move || position_at_time(store.as_ref(), micros)).await??
         }
-        _ => format!("it did not get there within {wait_ms} ms"),
     };
-    Err(ApiError::new(
-        StatusCode::GATEWAY_TIMEOUT,
-        "not_caught_up",
-        format!(
-            "module {} has processed the log up to position {}, not past {after}: {why}",
-            module.name, current.checkpoint
-        ),
-    )
-    .with("position", current.checkpoint)
-    .with(
-        "status",
-        serde_json::to_value(current.status).unwrap_or(Value::Null),
-    ))
-}
-
-/// State bytes as JSON (by convention), or as a string if a module stores something else.
-fn state_json(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes).unwrap_or_else(|_| String::from_utf8_lossy(bytes).into())
-}
-
-fn require_kind(module: &DeployedModule, kind: ModuleKind) -> Result<(), ApiError> {
-    if module.kind == kind {
-        return Ok(());
+    let modules = app.modules.clone();
+    let (module, failure) =
+        tokio::task::spawn_blocking(move || modules.replay(&name, to)).await??;
+    let mut value = json!({
+        "name": module.name,
+        "version": module.version,
+        "kind": module.kind,
+        "position": module.state.checkpoint().unwrap_or(0),
+        "expires_in_seconds": 15 * 60,
+    });
+    if let Some(failure) = failure {
+        value["error"] = failure.into();
     }
-    let (what, instead) = match kind {
-        ModuleKind::Reducer => ("per-stream state", "/state/{key} or /state?prefix="),
-        ModuleKind::Projection => ("keys", "/streams/{stream}"),
+    Ok(Json(value))
+}
+
+/// The first log position recorded after `micros` (so that every event recorded at or
+/// before it is below): a binary search over recorded times, which grow with the log.
+fn position_at_time(store: &dyn crate::store::EventStore, micros: i64) -> Result<u64, ApiError> {
+    let recorded = |position: u64| -> Result<i64, ApiError> {
+        let slice = store.read_all(position, 1, 1, &crate::store::EventFilter::default())?;
+        Ok(slice
+            .events
+            .first()
+            .map_or(i64::MAX, |e| e.recorded_at_micros))
     };
-    Err(ApiError::bad_request(
-        "wrong_module_kind",
-        format!(
-            "module {} is a {:?} and has no {what}; query {instead} instead",
-            module.name, module.kind
-        )
-        .to_lowercase(),
-    ))
-}
-
-fn storage_error(err: sled::Error) -> ApiError {
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "storage_failure",
-        format!("reading module state failed: {err}"),
-    )
-}
-
-pub async fn stream_state(
-    State(app): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
-    query: Result<Query<Consistency>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Path((name, stream)) = path?;
-    let Query(consistency) = query?;
-    let stream = params::stream_name(&stream)?;
-    let module = find(&app, &name)?;
-    require_kind(&module, ModuleKind::Reducer)?;
-    caught_up(&module, &consistency).await?;
-    let state = module
-        .state
-        .stream_state(stream.as_str())
-        .map_err(storage_error)?
-        .ok_or_else(|| {
-            ApiError::not_found(
-                "stream_not_found",
-                format!(
-                    "module {name} has no state for stream {stream}: it has seen no event of it"
-                ),
-            )
-        })?;
-    Ok(Json(json!({
-        "stream": stream.as_str(),
-        "revision": state.revision,
-        "state": state_json(&state.bytes),
-    })))
-}
-
-pub async fn state_key(
-    State(app): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
-    query: Result<Query<Consistency>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Path((name, key)) = path?;
-    let Query(consistency) = query?;
-    let module = find(&app, &name)?;
-    require_kind(&module, ModuleKind::Projection)?;
-    caught_up(&module, &consistency).await?;
-    let value = module
-        .state
-        .value(&key)
-        .map_err(storage_error)?
-        .ok_or_else(|| {
-            ApiError::not_found("key_not_found", format!("module {name} has no key {key:?}"))
-                .with("key", key.as_str())
-        })?;
-    Ok(Json(json!({ "key": key, "value": state_json(&value) })))
-}
-
-#[derive(Deserialize)]
-pub struct ListStateParams {
-    prefix: Option<String>,
-    from: Option<String>,
-    limit: Option<String>,
-    #[serde(flatten)]
-    consistency: Consistency,
-}
-
-pub async fn state_list(
-    State(app): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<ListStateParams>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Path(name) = path?;
-    let Query(query) = query?;
-    let limit = params::limit(query.limit.as_deref())?;
-    let module = find(&app, &name)?;
-    require_kind(&module, ModuleKind::Projection)?;
-    caught_up(&module, &query.consistency).await?;
-    let prefix = query.prefix.unwrap_or_default();
-    let (items, next) = module
-        .state
-        .values(&prefix, query.from.as_deref(), limit)
-        .map_err(storage_error)?;
-    let items: Vec<Value> = items
-        .iter()
-        .map(|(key, value)| json!({ "key": key, "value": state_json(value) }))
-        .collect();
-    Ok(Json(json!({ "items": items, "next": next })))
-}
-
-#[derive(Deserialize)]
-pub struct LogParams {
-    limit: Option<String>,
-}
-
-pub async fn logs(
-    State(app): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<LogParams>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Path(name) = path?;
-    let Query(query) = query?;
-    let limit = params::limit(query.limit.as_deref())?;
-    let module = find(&app, &name)?;
-    let (lines, dropped) = module.log.tail(limit);
-    Ok(Json(
-        json!({ "name": name, "lines": lines, "dropped": dropped }),
-    ))
+    let (mut low, mut high) = (0, store.head());
+    while low < high {
+        let mid = low + (high - low) / 2;
+        if recorded(mid)? <= micros {
+            low = mid + 1;
+        } else {
+            high = mid;
+        }
+    }
+    Ok(low)
 }

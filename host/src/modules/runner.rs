@@ -33,6 +33,9 @@ const MAX_CACHED_STATES: usize = 100_000;
 const COMMIT_EVERY_EVENTS: u64 = 50_000;
 /// ...or is this old; and always when the runner catches up with the log.
 const COMMIT_EVERY: Duration = Duration::from_millis(100);
+/// A reducer state is snapshotted whenever a stream passes a multiple of this many
+/// revisions, which bounds the replay behind `?revision=` and `?at=` queries.
+pub(super) const SNAPSHOT_EVERY: u64 = 1_000;
 /// Module state is derived from durable events, so a crash can only cost replay work; it
 /// is flushed at most this often rather than per commit.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
@@ -95,6 +98,8 @@ struct Pending {
     since: Option<Instant>,
     /// A reducer's new states.
     states: HashMap<String, StreamState>,
+    /// Reducer states to keep as snapshots.
+    snapshots: Vec<(String, StreamState)>,
     /// A projection's writes.
     overlay: Option<KvOverlay>,
     dead_letters: Vec<DeadLetter>,
@@ -275,6 +280,9 @@ impl Runner {
         for (stream, state) in &pending.states {
             changes.put_stream_state(stream, state);
         }
+        for (stream, state) in &pending.snapshots {
+            changes.put_snapshot(stream, state);
+        }
         for letter in &pending.dead_letters {
             changes.put_dead_letter(letter);
         }
@@ -329,8 +337,15 @@ impl Runner {
         let mut updated = Vec::with_capacity(batches.len());
         for (batch, result) in batches.into_iter().zip(results) {
             let bytes = result.map_err(Failure::Rejected)?;
+            let first = batch.events.first().map_or(0, |e| e.revision);
             let revision = batch.events.last().map_or(0, |e| e.revision);
-            updated.push((batch.stream_id, StreamState { revision, bytes }));
+            let state = StreamState { revision, bytes };
+            if first / SNAPSHOT_EVERY != (revision + 1) / SNAPSHOT_EVERY {
+                self.pending
+                    .snapshots
+                    .push((batch.stream_id.clone(), state.clone()));
+            }
+            updated.push((batch.stream_id, state));
         }
         self.pending.states.extend(updated);
         Ok(())

@@ -3,7 +3,9 @@
 //!
 //! Keys: `c` → checkpoint (u64 BE: every position below it is processed);
 //! `s` + stream → reducer state (last applied revision, u64 BE, then the state bytes);
-//! `k` + key → projection value; `d` + position (u64 BE) → a dead letter (JSON).
+//! `k` + key → projection value; `d` + position (u64 BE) → a dead letter (JSON);
+//! `p` + stream + `0x00` + revision (u64 BE) → a snapshot of a reducer state after that
+//! revision, so that asking for an old state replays a bounded number of events.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +17,14 @@ const CHECKPOINT_KEY: &[u8] = b"c";
 const STREAM_TAG: u8 = b's';
 const KEY_TAG: u8 = b'k';
 const DEAD_LETTER_TAG: u8 = b'd';
+const SNAPSHOT_TAG: u8 = b'p';
+
+fn snapshot_key(stream: &str, revision: StreamRevision) -> Vec<u8> {
+    let mut key = tagged(SNAPSHOT_TAG, stream);
+    key.push(0);
+    key.extend_from_slice(&revision.to_be_bytes());
+    key
+}
 
 fn dead_letter_key(position: GlobalPosition) -> [u8; 9] {
     let mut key = [DEAD_LETTER_TAG; 9];
@@ -167,6 +177,33 @@ impl ModuleState {
             .map(|entry| entry.map(|(k, v)| (k.to_vec(), v.to_vec())))
     }
 
+    /// The latest snapshot of `stream`'s state at or before `revision`.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn snapshot_at_or_before(
+        &self,
+        stream: &str,
+        revision: StreamRevision,
+    ) -> sled::Result<Option<StreamState>> {
+        let mut lowest = tagged(SNAPSHOT_TAG, stream);
+        lowest.push(0);
+        let highest = snapshot_key(stream, revision);
+        let Some(entry) = self.tree.range(lowest.clone()..=highest).next_back() else {
+            return Ok(None);
+        };
+        let (key, value) = entry?;
+        let revision = key
+            .get(lowest.len()..)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| sled::Error::Unsupported("a malformed snapshot key".into()))?;
+        Ok(Some(StreamState {
+            revision,
+            bytes: value.to_vec(),
+        }))
+    }
+
     /// Drops everything: state, checkpoint and dead letters.
     ///
     /// # Errors
@@ -197,6 +234,11 @@ impl Changes {
         value.extend_from_slice(&state.revision.to_be_bytes());
         value.extend_from_slice(&state.bytes);
         self.batch.insert(tagged(STREAM_TAG, stream), value);
+    }
+
+    pub fn put_snapshot(&mut self, stream: &str, state: &StreamState) {
+        self.batch
+            .insert(snapshot_key(stream, state.revision), state.bytes.as_slice());
     }
 
     pub fn put_dead_letter(&mut self, letter: &DeadLetter) {

@@ -14,10 +14,8 @@ use serde_json::Value;
 use super::runner::{Runner, RunnerOptions};
 use super::state::{ModuleState, StateEntry, describe_entry_key};
 use super::{
-    Counters, DeployedModule, FaultPolicy, ModuleError, ModuleRegistry, Progress, RunnerControl,
-    Status,
+    DeployedModule, FaultPolicy, ModuleError, ModuleRegistry, Progress, RunnerControl, Status,
 };
-use crate::engine::sandbox::GuestLog;
 
 /// The outcome of a verification.
 #[derive(Debug, Serialize)]
@@ -54,6 +52,31 @@ fn value_json(key: &[u8], value: &[u8]) -> Value {
     serde_json::from_slice(bytes).unwrap_or_else(|_| String::from_utf8_lossy(bytes).into())
 }
 
+/// Runs `module` (a scratch version) from its checkpoint up to `to`, stepping over `skip`.
+/// Returns why it stopped short, if it did.
+pub(super) fn rebuild_until(
+    registry: &ModuleRegistry,
+    module: &Arc<DeployedModule>,
+    to: u64,
+    skip: BTreeSet<u64>,
+) -> Option<String> {
+    let mut runner = Runner::new(
+        module.clone(),
+        Arc::new(RunnerControl::default()),
+        registry.new_guest(module),
+        registry.store.clone(),
+        RunnerOptions {
+            policy: FaultPolicy::Halt,
+            until: Some(to),
+            skip,
+        },
+    );
+    runner.drive().err().map(|fault| match fault.position {
+        Some(p) => format!("the rebuild failed at position {p}: {}", fault.message),
+        None => format!("the rebuild failed: {}", fault.message),
+    })
+}
+
 pub(super) fn verify(
     registry: &ModuleRegistry,
     module: &Arc<DeployedModule>,
@@ -64,101 +87,163 @@ pub(super) fn verify(
     let tree_name = format!("scratch/{}/{}", module.name, uuid::Uuid::new_v4());
     let db = registry.store.db();
     let scratch = ModuleState::new(db.open_tree(&tree_name)?);
-    let copy = Arc::new(DeployedModule {
-        name: module.name.clone(),
-        version: module.version.clone(),
-        kind: module.kind,
-        deployed_at: module.deployed_at.clone(),
-        size_bytes: module.size_bytes,
-        settings: module.settings.clone(),
-        limits: module.limits.clone(),
-        state: scratch.clone(),
-        log: GuestLog::new(module.limits.log_bytes),
-        counters: Counters::default(),
-        compiled: module.compiled.clone(),
-        progress: tokio::sync::watch::Sender::new(Progress {
+    let copy = Arc::new(DeployedModule::new(
+        module.name.clone(),
+        module.version.clone(),
+        module.deployed_at.clone(),
+        module.size_bytes,
+        module.settings.clone(),
+        &module.limits,
+        scratch.clone(),
+        module.compiled.clone(),
+        Progress {
             checkpoint: 0,
             status: Status::Rebuilding,
             fault: None,
-        }),
-        runner: parking_lot::Mutex::new(None),
-    });
-    let mut runner = Runner::new(
-        copy.clone(),
-        Arc::new(RunnerControl::default()),
-        registry.new_guest(&copy),
-        registry.store.clone(),
-        RunnerOptions {
-            policy: FaultPolicy::Halt,
-            until: Some(position),
-            skip,
         },
-    );
+    ));
     let started = Instant::now();
-    let rebuilt = runner.drive();
+    let rebuild_error = rebuild_until(registry, &copy, position, skip);
     let rebuild_ms = started.elapsed().as_millis() as u64;
-    let outcome = compare(&module.state, &scratch);
+    let outcome = compare(&module.state, &scratch, 0);
     let _ = db.drop_tree(&tree_name);
-    let (compared, differences, first_difference) = outcome?;
-    let rebuild_error = rebuilt.err().map(|fault| match fault.position {
-        Some(p) => format!("the rebuild failed at position {p}: {}", fault.message),
-        None => format!("the rebuild failed: {}", fault.message),
-    });
+    let comparison = outcome?;
     Ok(Verification {
-        matches: differences == 0 && rebuild_error.is_none(),
+        matches: comparison.differences() == 0 && rebuild_error.is_none(),
         position,
-        compared,
-        differences,
-        first_difference,
+        compared: comparison.compared,
+        differences: comparison.differences(),
+        first_difference: comparison.first,
         rebuild_error,
         rebuild_ms,
     })
 }
 
-/// Walks both states in key order.
+/// How one version's state differs from another's.
+#[derive(Debug, Serialize)]
+pub struct Diff {
+    /// The version compared, and the current one it is compared with.
+    pub version: String,
+    pub current: String,
+    /// Both versions' checkpoints: they may differ while one of them catches up.
+    pub version_position: u64,
+    pub current_position: u64,
+    pub compared: u64,
+    /// Entries only in the version (keys or streams it has and the current has not).
+    pub added: u64,
+    /// Entries only in the current version.
+    pub removed: u64,
+    /// Entries in both, with different values.
+    pub changed: u64,
+    /// Up to a few examples of each.
+    pub samples: Samples,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Samples {
+    pub added: Vec<Difference>,
+    pub removed: Vec<Difference>,
+    pub changed: Vec<Difference>,
+}
+
+/// How many differences of each kind a diff shows.
+const SAMPLES: usize = 20;
+
+pub(super) fn diff(
+    version: &DeployedModule,
+    current: &DeployedModule,
+) -> Result<Diff, ModuleError> {
+    let comparison = compare(&current.state, &version.state, SAMPLES)?;
+    Ok(Diff {
+        version: version.version.clone(),
+        current: current.version.clone(),
+        version_position: version.state.checkpoint()?,
+        current_position: current.state.checkpoint()?,
+        compared: comparison.compared,
+        added: comparison.only_right,
+        removed: comparison.only_left,
+        changed: comparison.changed,
+        samples: comparison.samples,
+    })
+}
+
+/// The result of walking two states side by side (`left` live or current).
+struct Comparison {
+    compared: u64,
+    only_left: u64,
+    only_right: u64,
+    changed: u64,
+    first: Option<Difference>,
+    samples: Samples,
+}
+
+impl Comparison {
+    fn differences(&self) -> u64 {
+        self.only_left + self.only_right + self.changed
+    }
+}
+
+/// Walks both states in key order, keeping up to `samples` examples of each difference.
 fn compare(
-    live: &ModuleState,
-    rebuilt: &ModuleState,
-) -> Result<(u64, u64, Option<Difference>), ModuleError> {
-    let mut a = live.entries();
-    let mut b = rebuilt.entries();
+    left: &ModuleState,
+    right: &ModuleState,
+    samples: usize,
+) -> Result<Comparison, ModuleError> {
+    let mut a = left.entries();
+    let mut b = right.entries();
     let (mut x, mut y): (Option<StateEntry>, Option<StateEntry>) =
         (a.next().transpose()?, b.next().transpose()?);
-    let (mut compared, mut differences, mut first) = (0u64, 0u64, None);
+    let mut out = Comparison {
+        compared: 0,
+        only_left: 0,
+        only_right: 0,
+        changed: 0,
+        first: None,
+        samples: Samples::default(),
+    };
     while x.is_some() || y.is_some() {
-        compared += 1;
+        out.compared += 1;
         let order = match (&x, &y) {
             (Some((kx, _)), Some((ky, _))) => kx.cmp(ky),
             (Some(_), None) => std::cmp::Ordering::Less,
             _ => std::cmp::Ordering::Greater,
         };
-        let (left, right) = match order {
+        let (l, r) = match order {
             std::cmp::Ordering::Equal => (x.take(), y.take()),
             std::cmp::Ordering::Less => (x.take(), None),
             std::cmp::Ordering::Greater => (None, y.take()),
         };
-        let same = matches!((&left, &right), (Some((_, l)), Some((_, r))) if l == r);
+        let same = matches!((&l, &r), (Some((_, lv)), Some((_, rv))) if lv == rv);
         if !same {
-            differences += 1;
-            if first.is_none() {
-                let key = left
-                    .as_ref()
-                    .or(right.as_ref())
-                    .map(|(k, _)| k.clone())
-                    .unwrap_or_default();
-                first = Some(Difference {
-                    key: describe_entry_key(&key),
-                    live: left.as_ref().map(|(k, v)| value_json(k, v)),
-                    rebuilt: right.as_ref().map(|(k, v)| value_json(k, v)),
-                });
+            let key = l
+                .as_ref()
+                .or(r.as_ref())
+                .map(|(k, _)| k.clone())
+                .unwrap_or_default();
+            let difference = || Difference {
+                key: describe_entry_key(&key),
+                live: l.as_ref().map(|(k, v)| value_json(k, v)),
+                rebuilt: r.as_ref().map(|(k, v)| value_json(k, v)),
+            };
+            let (count, bucket) = match (&l, &r) {
+                (Some(_), Some(_)) => (&mut out.changed, &mut out.samples.changed),
+                (Some(_), None) => (&mut out.only_left, &mut out.samples.removed),
+                _ => (&mut out.only_right, &mut out.samples.added),
+            };
+            *count += 1;
+            if bucket.len() < samples {
+                bucket.push(difference());
+            }
+            if out.first.is_none() {
+                out.first = Some(difference());
             }
         }
-        if x.is_none() && left.is_some() {
+        if x.is_none() && l.is_some() {
             x = a.next().transpose()?;
         }
-        if y.is_none() && right.is_some() {
+        if y.is_none() && r.is_some() {
             y = b.next().transpose()?;
         }
     }
-    Ok((compared, differences, first))
+    Ok(out)
 }

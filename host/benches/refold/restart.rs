@@ -1,0 +1,408 @@
+//! Restart and memory on a large log (`--restart`; 10 million events by default,
+//! `--restart-events N` to change it).
+//!
+//! 1. This process builds the log in a temporary store: bank-account events appended
+//!    in-process, 100 per append (as `modules.rs` does), printing progress; then the store's
+//!    size on disk per event.
+//! 2. A child process deploys bank-account under 10 names and lets all 10 rebuild from the
+//!    whole log, printing its resident memory at every tenth of the way; then shuts the
+//!    registry down and closes the store.
+//! 3. A child process times the restart in-process: opening the store and the registry
+//!    until every module reports `running` with its checkpoint at the head.
+//! 4. This process times the real server: `refold serve` on that folder, from spawning the
+//!    process until `/projections` lists all 10 modules running with no lag; then reads the
+//!    whole log through `/all`, printing the server's resident memory at every tenth.
+//! 5. A child process reads the whole log through the store's `/all` path
+//!    (`EventStore::read_all`, pages of 10,000) and prints its memory at every tenth.
+//!
+//! Children are this benchmark run again with `--restart-phase NAME --restart-dir DIR`, so
+//! each phase's memory (VmRSS now, VmHWM the peak) is its own and starts from a cold process.
+//! `--cold` also times a restart after dropping the OS page cache (root only: it writes
+//! `/proc/sys/vm/drop_caches`, which empties the whole machine's page cache).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use refold::engine::{ModuleLimits, WasmEngine};
+use refold::modules::{ModuleRegistry, ModuleSettings, Status};
+use refold::store::{EventFilter, EventStore, SledStore, StoreConfig};
+use serde_json::Value;
+
+use super::{disk_usage, memory_mib, modules, report};
+
+/// How many modules the restart carries.
+pub const MODULES: usize = 10;
+
+/// bank-account, deployed under these names (the same component, ten separate modules
+/// with ten separate states and runners).
+fn module_names() -> Vec<String> {
+    (0..MODULES).map(|i| format!("bank-{i}")).collect()
+}
+
+fn open_store(dir: &Path) -> Arc<SledStore> {
+    Arc::new(SledStore::open(&StoreConfig::new(dir.join("store"))).expect("the store opens"))
+}
+
+fn open_registry(dir: &Path, store: &Arc<SledStore>) -> ModuleRegistry {
+    let engine = Arc::new(WasmEngine::new().expect("the engine"));
+    ModuleRegistry::open(
+        engine,
+        store.clone(),
+        dir.join("compiled"),
+        ModuleLimits::default(),
+    )
+    .expect("the registry opens")
+}
+
+/// A line of resident-memory samples, in the report's columns.
+fn print_series(name: &str, samples: &[f64]) {
+    let values: Vec<String> = samples.iter().map(|s| format!("{s:.0}")).collect();
+    println!("{name:<52} {} MiB", values.join(" "));
+}
+
+/// Runs this benchmark again as a child for one phase, and waits for it.
+fn run_phase(phase: &str, dir: &Path) {
+    let status = Command::new(std::env::current_exe().expect("the benchmark's path"))
+        .args(["--restart-phase", phase, "--restart-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .status()
+        .expect("the phase starts");
+    assert!(status.success(), "restart phase {phase} failed");
+}
+
+/// The whole section (steps 1 to 5 above).
+pub async fn run(events: u64) {
+    let root = modules::repo_root();
+    modules::build_examples(&root);
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    let dir = folder.path();
+
+    build_log(dir, events).await;
+    run_phase("rebuild", dir);
+    run_phase("restart", dir);
+    serve_restart(dir, "").await;
+    if std::env::args().any(|a| a == "--cold") {
+        if drop_page_cache() {
+            run_phase("restart-cold", dir);
+            drop_page_cache();
+            serve_restart(dir, ", cold OS cache").await;
+        } else {
+            println!("(--cold: cannot write /proc/sys/vm/drop_caches; run as root)");
+        }
+    }
+    run_phase("scan", dir);
+}
+
+/// Empties the OS page cache (after a sync), so the next open reads from the disk.
+fn drop_page_cache() -> bool {
+    let _ = Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+/// Runs one child phase.
+pub async fn phase(name: &str, dir: &Path) {
+    match name {
+        "rebuild" => rebuild_phase(dir).await,
+        "restart" => restart_phase(dir, "").await,
+        "restart-cold" => restart_phase(dir, ", cold OS cache").await,
+        "scan" => scan_phase(dir),
+        other => panic!("unknown restart phase {other:?}"),
+    }
+}
+
+/// Step 1: `events` bank-account events, 100 per append, in ten slices with progress.
+async fn build_log(dir: &Path, events: u64) {
+    let store = open_store(dir);
+    let appends = events / 100;
+    let started = Instant::now();
+    for slice in 0..10 {
+        let range = appends * slice / 10..appends * (slice + 1) / 10;
+        modules::fill_appends(&store, range, modules::bank_event).await;
+        println!(
+            "(building the log: {:>10} events, {:5.1} s)",
+            store.head(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let took = started.elapsed().as_secs_f64();
+    let head = store.head();
+    store.close();
+    drop(store);
+    report(
+        "build the log in-process (100/append, 32 tasks)",
+        head as f64 / took,
+        "events/s",
+        "",
+    );
+    let bytes = disk_usage(&dir.join("store"));
+    report(
+        &format!(
+            "disk per event ({:.2} GiB store folder)",
+            bytes as f64 / (1u64 << 30) as f64
+        ),
+        bytes as f64 / head.max(1) as f64,
+        "bytes",
+        "",
+    );
+}
+
+/// Step 2: ten modules rebuild from the whole log, with memory at every tenth.
+async fn rebuild_phase(dir: &Path) {
+    let store = open_store(dir);
+    let head = store.head();
+    let registry = open_registry(dir, &store);
+    let wasm = std::fs::read(modules::repo_root().join("examples/dist/bank-account.wasm"))
+        .expect("bank-account.wasm");
+    let started = Instant::now();
+    let deployed: Vec<_> = module_names()
+        .iter()
+        .map(|name| {
+            registry
+                .deploy(name, &wasm, ModuleSettings::default())
+                .expect("deploy")
+                .module
+        })
+        .collect();
+    // Sample every 50 ms; record memory each time the modules together pass a tenth.
+    let mut samples = Vec::new();
+    loop {
+        let progress: Vec<_> = deployed.iter().map(|m| m.progress()).collect();
+        if let Some(fault) = progress.iter().find_map(|p| p.fault.as_ref()) {
+            panic!("a module faulted: {}", fault.message);
+        }
+        let done: u64 = progress.iter().map(|p| p.checkpoint.min(head)).sum();
+        let tenths = done * 10 / (head * MODULES as u64).max(1);
+        while (samples.len() as u64) < tenths {
+            let (rss, _) = memory_mib("self");
+            samples.push(rss);
+            println!(
+                "(rebuilding {MODULES} modules: {:>3}%, {:5.1} s, RSS {rss:.0} MiB)",
+                samples.len() * 10,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        if progress
+            .iter()
+            .all(|p| p.status == Status::Running && p.checkpoint >= head)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = started.elapsed().as_secs_f64();
+    let (_, peak) = memory_mib("self");
+    report(
+        &format!("rebuild {MODULES} bank-account modules together ({head} events)"),
+        head as f64 * MODULES as f64 / took,
+        "events/s",
+        "",
+    );
+    report("  per module", head as f64 / took, "events/s", "");
+    print_series("  RSS at each tenth of the rebuild", &samples);
+    report(
+        "  peak RSS while rebuilding (VmHWM)",
+        peak,
+        "MiB",
+        "flat, no whole-log loads",
+    );
+    registry.shutdown();
+    drop(deployed);
+    drop(registry);
+    store.close();
+}
+
+/// Step 3: open the store and registry; time until every module is running at the head.
+async fn restart_phase(dir: &Path, note: &str) {
+    let started = Instant::now();
+    let store = open_store(dir);
+    let store_opened = started.elapsed();
+    let head = store.head();
+    let registry = open_registry(dir, &store);
+    let registry_opened = started.elapsed();
+    let modules = registry.list();
+    assert_eq!(modules.len(), MODULES, "every module is deployed");
+    for module in &modules {
+        let mut progress = module.watch_progress();
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            progress.wait_for(|p| p.status == Status::Running && p.checkpoint >= head),
+        )
+        .await
+        .expect("modules catch up within 2 minutes")
+        .expect("the runner publishes progress");
+    }
+    let caught_up = started.elapsed();
+    let (rss, peak) = memory_mib("self");
+    report(
+        &format!("restart in-process: open → {MODULES} modules at head{note}"),
+        caught_up.as_secs_f64() * 1e3,
+        "ms",
+        "< 2,000",
+    );
+    report(
+        "  of which: open the store",
+        store_opened.as_secs_f64() * 1e3,
+        "ms",
+        "",
+    );
+    report(
+        "  of which: engine + registry (10 modules)",
+        (registry_opened - store_opened).as_secs_f64() * 1e3,
+        "ms",
+        "",
+    );
+    report(
+        &format!("  RSS after the restart (peak {peak:.0})"),
+        rss,
+        "MiB",
+        "",
+    );
+    registry.shutdown();
+    drop(modules);
+    drop(registry);
+    store.close();
+}
+
+/// Step 4: the real server on the same folder: time to serving with every module caught
+/// up, then the whole log through `/all`, with the server's memory at every tenth.
+async fn serve_restart(dir: &Path, note: &str) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_refold"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("refold starts");
+    let pid = child.id().to_string();
+    let mut first_answer = None;
+    let serving = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the server did not catch up within 2 minutes"
+        );
+        if let Ok(response) = client.get(format!("{url}/projections")).send().await {
+            first_answer.get_or_insert_with(|| started.elapsed());
+            let body: Value = response.json().await.expect("JSON");
+            let list = body["projections"].as_array().cloned().unwrap_or_default();
+            if list.len() == MODULES
+                && list
+                    .iter()
+                    .all(|m| m["status"] == "running" && m["lag"] == 0)
+            {
+                break started.elapsed();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let (rss, _) = memory_mib(&pid);
+    report(
+        &format!("restart `refold serve`: spawn → {MODULES} modules at head{note}"),
+        serving.as_secs_f64() * 1e3,
+        "ms",
+        "< 2,000",
+    );
+    report(
+        "  first HTTP answer",
+        first_answer.unwrap_or(serving).as_secs_f64() * 1e3,
+        "ms",
+        "",
+    );
+    report("  server RSS once serving", rss, "MiB", "");
+
+    if note.is_empty() {
+        // The whole log over HTTP, as a client reading /all would.
+        let head: u64 = client
+            .get(format!("{url}/health"))
+            .send()
+            .await
+            .expect("health")
+            .json::<Value>()
+            .await
+            .expect("JSON")["head"]
+            .as_u64()
+            .unwrap_or(0);
+        let read_started = Instant::now();
+        let (mut from, mut total, mut samples) = (0u64, 0u64, Vec::new());
+        loop {
+            let body: Value = client
+                .get(format!("{url}/all?from={from}&limit=10000"))
+                .send()
+                .await
+                .expect("read answered")
+                .json()
+                .await
+                .expect("JSON page");
+            total += body["events"].as_array().map_or(0, |e| e.len() as u64);
+            while (samples.len() as u64) < total * 10 / head.max(1) {
+                samples.push(memory_mib(&pid).0);
+            }
+            match body["next"].as_u64() {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        let took = read_started.elapsed().as_secs_f64();
+        let (_, peak) = memory_mib(&pid);
+        report(
+            &format!("/all read over HTTP ({total} events, pages of 10,000)"),
+            total as f64 / took,
+            "events/s",
+            "",
+        );
+        print_series("  server RSS at each tenth of the read", &samples);
+        report(
+            "  server peak RSS (VmHWM)",
+            peak,
+            "MiB",
+            "flat, no whole-log loads",
+        );
+    }
+    // A graceful stop (SIGTERM), as an operator would.
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let _ = child.wait();
+}
+
+/// Step 5: the whole log through the store's `/all` path, memory at every tenth.
+fn scan_phase(dir: &Path) {
+    let store = open_store(dir);
+    let head = store.head();
+    let filter = EventFilter::default();
+    let started = Instant::now();
+    let (mut from, mut total, mut samples) = (0u64, 0u64, Vec::new());
+    while from < head {
+        let page = store
+            .read_all(from, 10_000, usize::MAX, &filter)
+            .expect("read");
+        total += page.events.len() as u64;
+        from = page.scanned_to;
+        while (samples.len() as u64) < total * 10 / head.max(1) {
+            samples.push(memory_mib("self").0);
+        }
+    }
+    let took = started.elapsed().as_secs_f64();
+    let (_, peak) = memory_mib("self");
+    report(
+        &format!("read the whole log in-process ({total} events, pages of 10,000)"),
+        total as f64 / took,
+        "events/s",
+        "",
+    );
+    print_series("  RSS at each tenth of the read", &samples);
+    report(
+        "  peak RSS while reading (VmHWM)",
+        peak,
+        "MiB",
+        "flat, no whole-log loads",
+    );
+    store.close();
+}

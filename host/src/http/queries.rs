@@ -1,0 +1,266 @@
+//! Reading what modules derived: reducer state per stream (now, or at a past revision or
+//! time), projection keys, logs and dead letters. Every read takes `version=` (default: the
+//! current version) and `after=<position>` with `wait_ms` (read-your-writes).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::{AppState, params};
+use crate::engine::ModuleKind;
+use crate::modules::{DeployedModule, Point, Status};
+
+const DEFAULT_WAIT_MS: u64 = 5_000;
+const MAX_WAIT_MS: u64 = 60_000;
+
+/// `version`, `after` and `wait_ms`, shared by every read.
+#[derive(Deserialize)]
+pub struct Consistency {
+    version: Option<String>,
+    after: Option<String>,
+    wait_ms: Option<String>,
+}
+
+/// The addressed version of module `name`, once it has processed the log past `after`.
+async fn version_caught_up(
+    app: &AppState,
+    name: &str,
+    consistency: &Consistency,
+) -> Result<Arc<DeployedModule>, ApiError> {
+    let module = app.modules.resolve(name, consistency.version.as_deref())?;
+    let Some(after) = params::u64_param("after", consistency.after.as_deref())? else {
+        return Ok(module);
+    };
+    let wait_ms = params::u64_param("wait_ms", consistency.wait_ms.as_deref())?
+        .unwrap_or(DEFAULT_WAIT_MS)
+        .min(MAX_WAIT_MS);
+    let mut progress = module.watch_progress();
+    let waited = tokio::time::timeout(
+        Duration::from_millis(wait_ms),
+        progress.wait_for(|p| p.checkpoint > after || p.status == Status::Faulted),
+    )
+    .await;
+    // Without an explicit version, a switch to a newer version may have happened while
+    // waiting: read from whichever is current now if it is far enough.
+    let module = match &consistency.version {
+        None => app.modules.resolve(name, None)?,
+        Some(_) => module,
+    };
+    let current = module.progress();
+    if current.checkpoint > after {
+        return Ok(module);
+    }
+    let why = match (waited, current.status) {
+        (_, Status::Faulted) => {
+            "the module is faulted and will not get there until it is fixed".to_owned()
+        }
+        _ => format!("it did not get there within {wait_ms} ms"),
+    };
+    Err(ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "not_caught_up",
+        format!(
+            "module {} has processed the log up to position {}, not past {after}: {why}",
+            module.name, current.checkpoint
+        ),
+    )
+    .with("position", current.checkpoint)
+    .with(
+        "status",
+        serde_json::to_value(current.status).unwrap_or(Value::Null),
+    ))
+}
+
+/// State bytes as JSON (by convention), or as a string if a module stored something else.
+pub fn state_json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|_| String::from_utf8_lossy(bytes).into())
+}
+
+fn require_kind(module: &DeployedModule, kind: ModuleKind) -> Result<(), ApiError> {
+    if module.kind == kind {
+        return Ok(());
+    }
+    let (what, instead) = match kind {
+        ModuleKind::Reducer => ("per-stream state", "/state/{key} or /state?prefix="),
+        ModuleKind::Projection => ("keys", "/streams/{stream}"),
+    };
+    Err(ApiError::bad_request(
+        "wrong_module_kind",
+        format!(
+            "module {} is a {:?} and has no {what}; query {instead} instead",
+            module.name, module.kind
+        )
+        .to_lowercase(),
+    ))
+}
+
+fn storage_error(err: sled::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "storage_failure",
+        format!("reading module state failed: {err}"),
+    )
+}
+
+#[derive(Deserialize)]
+pub struct StreamStateParams {
+    revision: Option<String>,
+    at: Option<String>,
+    #[serde(flatten)]
+    consistency: Consistency,
+}
+
+pub async fn stream_state(
+    State(app): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<StreamStateParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path((name, stream)) = path?;
+    let Query(query) = query?;
+    let stream = params::stream_name(&stream)?;
+    let module = version_caught_up(&app, &name, &query.consistency).await?;
+    require_kind(&module, ModuleKind::Reducer)?;
+    let point = match (
+        params::u64_param("revision", query.revision.as_deref())?,
+        &query.at,
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_query("give revision or at, not both"));
+        }
+        (Some(revision), None) => Some(Point::Revision(revision)),
+        (None, Some(at)) => Some(Point::At(params::timestamp_micros("at", at)?)),
+        (None, None) => None,
+    };
+    let no_state = || {
+        ApiError::not_found(
+            "stream_not_found",
+            format!(
+                "module {name} has no state for stream {stream}: it has seen no event of it then"
+            ),
+        )
+    };
+    let Some(point) = point else {
+        let state = module
+            .state
+            .stream_state(stream.as_str())
+            .map_err(storage_error)?
+            .ok_or_else(no_state)?;
+        return Ok(Json(json!({
+            "stream": stream.as_str(),
+            "revision": state.revision,
+            "state": state_json(&state.bytes),
+        })));
+    };
+    let modules = app.modules.clone();
+    let version = module.version.clone();
+    let target = stream.clone();
+    let module_name = name.clone();
+    let (revision, bytes) = tokio::task::spawn_blocking(move || {
+        modules.stream_state_at(&module_name, Some(&version), &target, point)
+    })
+    .await??
+    .ok_or_else(no_state)?;
+    Ok(Json(json!({
+        "stream": stream.as_str(),
+        "revision": revision,
+        "state": state_json(&bytes),
+    })))
+}
+
+pub async fn state_key(
+    State(app): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<Consistency>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path((name, key)) = path?;
+    let Query(consistency) = query?;
+    let module = version_caught_up(&app, &name, &consistency).await?;
+    require_kind(&module, ModuleKind::Projection)?;
+    let value = module
+        .state
+        .value(&key)
+        .map_err(storage_error)?
+        .ok_or_else(|| {
+            ApiError::not_found("key_not_found", format!("module {name} has no key {key:?}"))
+                .with("key", key.as_str())
+        })?;
+    Ok(Json(json!({ "key": key, "value": state_json(&value) })))
+}
+
+#[derive(Deserialize)]
+pub struct ListStateParams {
+    prefix: Option<String>,
+    from: Option<String>,
+    limit: Option<String>,
+    #[serde(flatten)]
+    consistency: Consistency,
+}
+
+pub async fn state_list(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<ListStateParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(name) = path?;
+    let Query(query) = query?;
+    let limit = params::limit(query.limit.as_deref())?;
+    let module = version_caught_up(&app, &name, &query.consistency).await?;
+    require_kind(&module, ModuleKind::Projection)?;
+    let prefix = query.prefix.unwrap_or_default();
+    let (items, next) = module
+        .state
+        .values(&prefix, query.from.as_deref(), limit)
+        .map_err(storage_error)?;
+    let items: Vec<Value> = items
+        .iter()
+        .map(|(key, value)| json!({ "key": key, "value": state_json(value) }))
+        .collect();
+    Ok(Json(json!({ "items": items, "next": next })))
+}
+
+#[derive(Deserialize)]
+pub struct PageParams {
+    from: Option<String>,
+    limit: Option<String>,
+    #[serde(flatten)]
+    consistency: Consistency,
+}
+
+pub async fn logs(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<PageParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(name) = path?;
+    let Query(query) = query?;
+    let limit = params::limit(query.limit.as_deref())?;
+    let module = version_caught_up(&app, &name, &query.consistency).await?;
+    let (lines, dropped) = module.log.tail(limit);
+    Ok(Json(
+        json!({ "name": name, "version": module.version, "lines": lines, "dropped": dropped }),
+    ))
+}
+
+pub async fn dead_letters(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<PageParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(name) = path?;
+    let Query(query) = query?;
+    let from = params::u64_param("from", query.from.as_deref())?.unwrap_or(0);
+    let limit = params::limit(query.limit.as_deref())?;
+    let module = version_caught_up(&app, &name, &query.consistency).await?;
+    let (letters, next) = module
+        .state
+        .dead_letters(from, limit)
+        .map_err(storage_error)?;
+    Ok(Json(json!({ "dead_letters": letters, "next": next })))
+}
