@@ -13,3 +13,4 @@ mod modules;
 mod reads;
 mod sandbox;
 mod subscriptions;
+mod versions;
