@@ -134,3 +134,61 @@ async fn the_cli_deploys_lists_and_queries_modules() {
     let (ok, _, _) = refold(&server, &["deploy", "bank-account", "/nonexistent.wasm"]);
     assert!(!ok);
 }
+
+#[tokio::test]
+async fn the_cli_redeploys_with_progress_compares_and_activates_versions() {
+    let server = Server::start().await;
+    let v1_file = crate::support::examples().join("bank-account.wasm");
+    crate::support::test_guest("bank-account-fee");
+    let v2_file = crate::support::repo_root().join("tests/guests/dist/bank-account-fee.wasm");
+    let (ok, _, err) = refold(
+        &server,
+        &["deploy", "bank-account", v1_file.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    for amount in [5, 7] {
+        refold(
+            &server,
+            &[
+                "append",
+                "account-1",
+                "--type",
+                "Withdrawn",
+                "--data",
+                &format!(r#"{{"amount":{amount}}}"#),
+            ],
+        );
+    }
+    let output = Command::new(refold_binary())
+        .args([
+            "deploy",
+            "bank-account",
+            v2_file.to_str().unwrap(),
+            "--activate",
+            "manual",
+            "--wait",
+        ])
+        .env("REFOLD_SERVER", &server.url)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("refold activate bank-account"), "{stdout}");
+    let (ok, body, _) = refold(&server, &["versions", "bank-account"]);
+    assert!(ok);
+    let candidate = body["versions"][1]["version"].as_str().unwrap().to_owned();
+    assert_eq!(body["versions"][1]["role"], "candidate");
+    let (ok, body, _) = refold(&server, &["diff", "bank-account", &candidate]);
+    assert!(ok);
+    assert_eq!(body["changed"], 1);
+    assert_eq!(body["samples"]["changed"][0]["key"], "stream account-1");
+    let (ok, body, err) = refold(&server, &["activate", "bank-account", &candidate]);
+    assert!(ok, "{err}");
+    assert_eq!(body["version"], candidate.as_str());
+    let (_, body, _) = refold(&server, &["state", "bank-account", "--stream", "account-1"]);
+    assert_eq!(body["state"]["balance"], -14, "the fee rule is live");
+}

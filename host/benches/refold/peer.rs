@@ -449,7 +449,7 @@ pub async fn compare_postgres(refold: &AppendFigures, seconds: f64) {
 
     let (rate, latencies) = append_load(&server, 16, 100, seconds).await;
     report(
-        "PostgreSQL: batched appends (100/request), 16 clients",
+        "PostgreSQL: batched appends (100/req), 16 clients",
         rate,
         "events/s",
         "",
@@ -488,23 +488,20 @@ pub async fn compare_postgres(refold: &AppendFigures, seconds: f64) {
         .get(0);
     let folder = server.disk_bytes();
     report(
-        &format!("PostgreSQL disk per event ({count} events, tables + indexes)"),
-        table as f64 / count.max(1) as f64,
+        &format!("PostgreSQL: disk per event ({count} events)"),
+        folder as f64 / count.max(1) as f64,
         "bytes",
         "",
     );
     report(
-        "  whole data folder (with WAL) per event",
-        folder as f64 / count.max(1) as f64,
+        "  tables + indexes only (no WAL)",
+        table as f64 / count.max(1) as f64,
         "bytes",
         "",
     );
     if refold.events > 0 {
         report(
-            &format!(
-                "Refold disk per event ({} events, whole store)",
-                refold.events
-            ),
+            &format!("Refold: disk per event ({} events)", refold.events),
             refold.disk_bytes as f64 / refold.events as f64,
             "bytes",
             "",

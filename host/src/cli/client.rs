@@ -33,7 +33,128 @@ fn segment(raw: &str) -> String {
     out
 }
 
+pub async fn deploy(
+    server: &str,
+    name: &str,
+    file: &std::path::Path,
+    activate: &str,
+    wait: bool,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let response = reqwest::Client::new()
+        .put(format!("{server}/projections/{}", segment(name)))
+        .query(&[("activate", activate)])
+        .header("content-type", "application/wasm")
+        .body(bytes)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {server}"))?;
+    let body = print_json(response).await?;
+    if wait {
+        let version = body["version"].as_str().unwrap_or_default().to_owned();
+        follow_rebuild(server, name, &version).await?;
+    }
+    Ok(())
+}
+
+pub async fn versions(server: &str, name: &str) -> anyhow::Result<()> {
+    let response = reqwest::get(format!("{server}/projections/{}/versions", segment(name)))
+        .await
+        .with_context(|| format!("cannot reach {server}"))?;
+    print_response(response).await
+}
+
+pub async fn diff(server: &str, name: &str, version: &str) -> anyhow::Result<()> {
+    let url = format!(
+        "{server}/projections/{}/versions/{}/diff",
+        segment(name),
+        segment(version)
+    );
+    let response = reqwest::get(url)
+        .await
+        .with_context(|| format!("cannot reach {server}"))?;
+    print_response(response).await
+}
+
+pub async fn activate(server: &str, name: &str, version: &str, wait: bool) -> anyhow::Result<()> {
+    let url = format!(
+        "{server}/projections/{}/versions/{}/activate",
+        segment(name),
+        segment(version)
+    );
+    let response = reqwest::Client::new()
+        .post(url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {server}"))?;
+    let body = print_json(response).await?;
+    if wait {
+        let version = body["version"].as_str().unwrap_or(version).to_owned();
+        follow_rebuild(server, name, &version).await?;
+    }
+    Ok(())
+}
+
+/// Shows a progress bar for `version` of module `name` until it has caught up with the
+/// log.
+async fn follow_rebuild(server: &str, name: &str, version: &str) -> anyhow::Result<()> {
+    let bar = indicatif::ProgressBar::new(1000);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:<24} [{bar:40}] {prefix}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("{name} {}", version.get(..8).unwrap_or(version)));
+    let client = reqwest::Client::new();
+    loop {
+        let url = format!("{server}/projections/{}/versions", segment(name));
+        let body: Value = client
+            .get(url)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {server}"))?
+            .json()
+            .await?;
+        let entry = body["versions"]
+            .as_array()
+            .and_then(|all| all.iter().find(|v| v["version"] == version))
+            .cloned()
+            .unwrap_or(Value::Null);
+        if entry.is_null() {
+            bar.abandon();
+            bail!("version {version} is no longer deployed");
+        }
+        if entry["status"] == "faulted" {
+            bar.abandon();
+            bail!("version {version} faulted; see `refold projections {name}`");
+        }
+        let progress = &entry["progress"];
+        let percent = progress["percent"].as_f64().unwrap_or(0.0);
+        bar.set_position((percent * 10.0) as u64);
+        bar.set_prefix(format!(
+            "{percent:.1}%  {} events/s  {} left",
+            progress["events_per_second"].as_f64().unwrap_or(0.0),
+            progress["eta_seconds"]
+                .as_f64()
+                .map_or("?".to_owned(), |s| format!("{s:.0} s"))
+        ));
+        if entry["lag"] == 0 && entry["status"] == "running" {
+            let role = entry["role"].as_str().unwrap_or_default();
+            bar.finish_with_message(format!("{name} caught up ({role})"));
+            if role == "candidate" {
+                println!("activate it with: refold activate {name} {version}");
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 async fn print_response(response: reqwest::Response) -> anyhow::Result<()> {
+    print_json(response).await.map(|_| ())
+}
+
+/// Prints the server's JSON answer; fails on an error status.
+async fn print_json(response: reqwest::Response) -> anyhow::Result<Value> {
     let status = response.status();
     let body: Value = response
         .json()
@@ -43,7 +164,7 @@ async fn print_response(response: reqwest::Response) -> anyhow::Result<()> {
     if !status.is_success() {
         bail!("the server answered {status}");
     }
-    Ok(())
+    Ok(body)
 }
 
 pub async fn append(
@@ -109,18 +230,6 @@ pub enum StateQuery {
     Stream(String),
     Key(String),
     Prefix(String),
-}
-
-pub async fn deploy(server: &str, name: &str, file: &std::path::Path) -> anyhow::Result<()> {
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let response = reqwest::Client::new()
-        .put(format!("{server}/projections/{}", segment(name)))
-        .header("content-type", "application/wasm")
-        .body(bytes)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {server}"))?;
-    print_response(response).await
 }
 
 pub async fn projections(server: &str, name: Option<&str>) -> anyhow::Result<()> {

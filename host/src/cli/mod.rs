@@ -77,10 +77,40 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         keep_versions: usize,
     },
-    /// Deploy a module (a WebAssembly component) under a name.
+    /// Deploy a module (a WebAssembly component) under a name. A new version of a deployed
+    /// module rebuilds beside the current one, which serves until it is replaced.
     Deploy {
         name: String,
         file: PathBuf,
+        /// auto: the new version becomes current once caught up; manual: when activated.
+        #[arg(long, default_value = "auto")]
+        activate: String,
+        /// Show the rebuild's progress until the new version has caught up.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// List a module's versions: current, candidate, kept, replays.
+    Versions {
+        name: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Compare a version's state with the current version's.
+    Diff {
+        name: String,
+        version: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Make a version current (a candidate, or a kept one: a rollback).
+    Activate {
+        name: String,
+        version: String,
+        /// Show progress until the version has caught up.
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -258,9 +288,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             client::read(&server.server, target, from, limit).await
         }
-        Command::Deploy { name, file, server } => {
-            client::deploy(&server.server, &name, &file).await
-        }
+        Command::Deploy {
+            name,
+            file,
+            activate,
+            wait,
+            server,
+        } => client::deploy(&server.server, &name, &file, &activate, wait).await,
+        Command::Versions { name, server } => client::versions(&server.server, &name).await,
+        Command::Diff {
+            name,
+            version,
+            server,
+        } => client::diff(&server.server, &name, &version).await,
+        Command::Activate {
+            name,
+            version,
+            wait,
+            server,
+        } => client::activate(&server.server, &name, &version, wait).await,
         Command::Projections { name, server } => {
             client::projections(&server.server, name.as_deref()).await
         }
