@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod engine;
 pub mod http;
+pub mod metrics;
 pub mod modules;
 pub mod server;
 pub mod store;

@@ -14,12 +14,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::engine::{ModuleLimits, WasmEngine};
+use crate::http::auth::Tokens;
 use crate::http::{self, AppState, Limits};
 use crate::modules::{Activation, ModuleRegistry, ModuleSettings};
 use crate::store::{SledStore, StoreConfig};
 
 /// Everything `refold serve` needs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
@@ -27,6 +28,10 @@ pub struct ServerConfig {
     pub module_limits: ModuleLimits,
     /// Earlier versions of each module whose state is kept for rollback.
     pub keep_versions: usize,
+    /// Bearer tokens (empty: authentication off).
+    pub tokens: Arc<Tokens>,
+    /// Serve a non-loopback address without tokens.
+    pub insecure: bool,
     pub cache_bytes: u64,
     /// Modules to deploy at startup (name, file), unless already deployed with those bytes.
     pub deploy: Vec<(String, PathBuf)>,
@@ -37,6 +42,15 @@ pub struct ServerConfig {
 /// # Errors
 /// The store cannot be opened or the address cannot be bound.
 pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    if config.tokens.is_empty() && !config.listen.ip().is_loopback() && !config.insecure {
+        anyhow::bail!(
+            "refusing to listen on {} with no tokens configured: anyone who can reach it could append and deploy code. Configure --tokens-file, listen on a loopback address, or pass --insecure",
+            config.listen
+        );
+    }
+    if config.tokens.is_empty() {
+        tracing::warn!("no tokens configured: authentication is off");
+    }
     let mut store_config = StoreConfig::new(config.data_dir.join("store"));
     store_config.cache_bytes = config.cache_bytes;
     let compiled_dir = config.data_dir.join("compiled");
@@ -76,6 +90,9 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         store: store.clone(),
         modules: modules.clone(),
         limits: config.limits,
+        tokens: config.tokens.clone(),
+        metrics: Arc::default(),
+        openapi: Arc::default(),
         shutdown: shutdown_rx,
     });
     tracing::info!(address = %listener.local_addr()?, "refold is serving");

@@ -12,5 +12,6 @@ mod errors;
 mod modules;
 mod reads;
 mod sandbox;
+mod security;
 mod subscriptions;
 mod versions;

@@ -443,7 +443,7 @@ pub async fn compare_postgres(refold: &AppendFigures, seconds: f64) {
     report("  append latency p50", p50, "µs", "");
     report("  append latency p99", p99, "µs", "");
     ratio(
-        "  Refold / PostgreSQL p99 latency",
+        "  p99 latency, Refold / PostgreSQL (< 1: Refold faster)",
         refold.single_p99_micros / p99,
     );
 

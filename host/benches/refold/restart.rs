@@ -7,18 +7,25 @@
 //! 2. A child process deploys bank-account under 10 names and lets all 10 rebuild from the
 //!    whole log, printing its resident memory at every tenth of the way; then shuts the
 //!    registry down and closes the store.
-//! 3. A child process times the restart in-process: opening the store and the registry
-//!    until every module reports `running` with its checkpoint at the head.
-//! 4. This process times the real server: `refold serve` on that folder, from spawning the
+//! 3. This process times the real server: `refold serve` on that folder, from spawning the
 //!    process until `/projections` lists all 10 modules running with no lag; then reads the
 //!    whole log through `/all`, printing the server's resident memory at every tenth.
+//! 4. A child process appends another tenth of the log with the modules running (so the
+//!    next open, like the first, follows a stretch of writing), then a child process times
+//!    the restart in-process, split into its parts: opening the store, then the engine and
+//!    the registry, until every module reports `running` with its checkpoint at the head.
 //! 5. A child process reads the whole log through the store's `/all` path
 //!    (`EventStore::read_all`, pages of 10,000) and prints its memory at every tenth.
 //!
 //! Children are this benchmark run again with `--restart-phase NAME --restart-dir DIR`, so
-//! each phase's memory (VmRSS now, VmHWM the peak) is its own and starts from a cold process.
-//! `--cold` also times a restart after dropping the OS page cache (root only: it writes
-//! `/proc/sys/vm/drop_caches`, which empties the whole machine's page cache).
+//! each phase's memory (VmRSS now, VmHWM the peak) is its own and starts from a fresh
+//! process; a phase can be run alone that way on a kept log.
+//!
+//! Flags: `--restart-dir DIR` keeps the log in DIR (reused, without building, if it already
+//! holds a store with modules); `--cache-mib N` sets the store's page cache as `refold serve
+//! --cache-mib` does (default 256); `--cold` also times a restart after dropping the OS page
+//! cache (root only: it writes `/proc/sys/vm/drop_caches`, emptying the whole machine's page
+//! cache).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -41,8 +48,15 @@ fn module_names() -> Vec<String> {
     (0..MODULES).map(|i| format!("bank-{i}")).collect()
 }
 
+/// The store's page cache in MiB (`--cache-mib`, default 256 as for `refold serve`).
+fn cache_mib() -> u64 {
+    super::arg("--cache-mib", 256)
+}
+
 fn open_store(dir: &Path) -> Arc<SledStore> {
-    Arc::new(SledStore::open(&StoreConfig::new(dir.join("store"))).expect("the store opens"))
+    let mut config = StoreConfig::new(dir.join("store"));
+    config.cache_bytes = cache_mib() * 1024 * 1024;
+    Arc::new(SledStore::open(&config).expect("the store opens"))
 }
 
 fn open_registry(dir: &Path, store: &Arc<SledStore>) -> ModuleRegistry {
@@ -67,6 +81,7 @@ fn run_phase(phase: &str, dir: &Path) {
     let status = Command::new(std::env::current_exe().expect("the benchmark's path"))
         .args(["--restart-phase", phase, "--restart-dir"])
         .arg(dir)
+        .args(["--cache-mib", &cache_mib().to_string()])
         .env("RUST_LOG", "warn")
         .status()
         .expect("the phase starts");
@@ -77,17 +92,28 @@ fn run_phase(phase: &str, dir: &Path) {
 pub async fn run(events: u64) {
     let root = modules::repo_root();
     modules::build_examples(&root);
-    let folder = tempfile::tempdir().expect("a temporary folder");
-    let dir = folder.path();
+    let temporary = tempfile::tempdir().expect("a temporary folder");
+    let kept: std::path::PathBuf = super::arg("--restart-dir", std::path::PathBuf::new());
+    let dir = if kept.as_os_str().is_empty() {
+        temporary.path()
+    } else {
+        &kept
+    };
+    println!("(cache {} MiB, log in {})", cache_mib(), dir.display());
 
-    build_log(dir, events).await;
-    run_phase("rebuild", dir);
-    run_phase("restart", dir);
+    let reused = dir.join("compiled").is_dir();
+    if reused {
+        println!("(reusing the log and modules already there)");
+    } else {
+        build_log(dir, events).await;
+        run_phase("rebuild", dir);
+    }
     serve_restart(dir, "").await;
+    run_phase("churn", dir);
+    run_phase("restart", dir);
     if std::env::args().any(|a| a == "--cold") {
+        run_phase("churn", dir);
         if drop_page_cache() {
-            run_phase("restart-cold", dir);
-            drop_page_cache();
             serve_restart(dir, ", cold OS cache").await;
         } else {
             println!("(--cold: cannot write /proc/sys/vm/drop_caches; run as root)");
@@ -106,8 +132,8 @@ fn drop_page_cache() -> bool {
 pub async fn phase(name: &str, dir: &Path) {
     match name {
         "rebuild" => rebuild_phase(dir).await,
-        "restart" => restart_phase(dir, "").await,
-        "restart-cold" => restart_phase(dir, ", cold OS cache").await,
+        "churn" => churn_phase(dir).await,
+        "restart" => restart_phase(dir).await,
         "scan" => scan_phase(dir),
         other => panic!("unknown restart phase {other:?}"),
     }
@@ -229,8 +255,36 @@ async fn rebuild_phase(dir: &Path) {
     store.close();
 }
 
-/// Step 3: open the store and registry; time until every module is running at the head.
-async fn restart_phase(dir: &Path, note: &str) {
+/// Step 4, first part: another tenth of the log appended with every module running, until
+/// they have all caught up; then a clean close.
+async fn churn_phase(dir: &Path) {
+    let store = open_store(dir);
+    let registry = open_registry(dir, &store);
+    let before = store.head();
+    let started = Instant::now();
+    let appends = before / 100;
+    modules::fill_appends(&store, appends..appends + appends / 10, modules::bank_event).await;
+    let head = store.head();
+    for module in registry.list() {
+        let mut progress = module.watch_progress();
+        progress
+            .wait_for(|p| p.checkpoint >= head)
+            .await
+            .expect("the runner publishes progress");
+    }
+    println!(
+        "(appended {} events with the {MODULES} modules live; all caught up after {:.1} s)",
+        head - before,
+        started.elapsed().as_secs_f64()
+    );
+    registry.shutdown();
+    drop(registry);
+    store.close();
+}
+
+/// Step 4, second part: open the store and registry; time until every module is running
+/// at the head.
+async fn restart_phase(dir: &Path) {
     let started = Instant::now();
     let store = open_store(dir);
     let store_opened = started.elapsed();
@@ -252,7 +306,7 @@ async fn restart_phase(dir: &Path, note: &str) {
     let caught_up = started.elapsed();
     let (rss, peak) = memory_mib("self");
     report(
-        &format!("restart in-process: open → {MODULES} modules at head{note}"),
+        &format!("restart in-process: open → {MODULES} modules at head"),
         caught_up.as_secs_f64() * 1e3,
         "ms",
         "< 2,000",
@@ -281,7 +335,7 @@ async fn restart_phase(dir: &Path, note: &str) {
     store.close();
 }
 
-/// Step 4: the real server on the same folder: time to serving with every module caught
+/// Step 3: the real server on the same folder: time to serving with every module caught
 /// up, then the whole log through `/all`, with the server's memory at every tenth.
 async fn serve_restart(dir: &Path, note: &str) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

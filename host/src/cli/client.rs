@@ -3,6 +3,28 @@
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
+/// The bearer token every request carries, if one was given.
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub fn use_token(token: &str) {
+    let _ = TOKEN.set(token.to_owned());
+}
+
+/// The HTTP client of every command, carrying the token.
+fn http() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = TOKEN.get() {
+        if let Ok(mut value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap_or_default()
+}
+
 /// An event given on the command line.
 pub struct NewEvent {
     pub event_type: String,
@@ -41,7 +63,7 @@ pub async fn deploy(
     wait: bool,
 ) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let response = reqwest::Client::new()
+    let response = http()
         .put(format!("{server}/projections/{}", segment(name)))
         .query(&[("activate", activate)])
         .header("content-type", "application/wasm")
@@ -58,7 +80,9 @@ pub async fn deploy(
 }
 
 pub async fn versions(server: &str, name: &str) -> anyhow::Result<()> {
-    let response = reqwest::get(format!("{server}/projections/{}/versions", segment(name)))
+    let response = http()
+        .get(format!("{server}/projections/{}/versions", segment(name)))
+        .send()
         .await
         .with_context(|| format!("cannot reach {server}"))?;
     print_response(response).await
@@ -70,7 +94,9 @@ pub async fn diff(server: &str, name: &str, version: &str) -> anyhow::Result<()>
         segment(name),
         segment(version)
     );
-    let response = reqwest::get(url)
+    let response = http()
+        .get(url)
+        .send()
         .await
         .with_context(|| format!("cannot reach {server}"))?;
     print_response(response).await
@@ -82,7 +108,7 @@ pub async fn activate(server: &str, name: &str, version: &str, wait: bool) -> an
         segment(name),
         segment(version)
     );
-    let response = reqwest::Client::new()
+    let response = http()
         .post(url)
         .send()
         .await
@@ -104,7 +130,7 @@ async fn follow_rebuild(server: &str, name: &str, version: &str) -> anyhow::Resu
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_message(format!("{name} {}", version.get(..8).unwrap_or(version)));
-    let client = reqwest::Client::new();
+    let client = http();
     loop {
         let url = format!("{server}/projections/{}/versions", segment(name));
         let body: Value = client
@@ -183,7 +209,7 @@ pub async fn append(
     if let Some(id) = event.id {
         body["id"] = id.into();
     }
-    let mut request = reqwest::Client::new()
+    let mut request = http()
         .post(format!("{server}/streams/{}", segment(stream)))
         .json(&body);
     if let Some(expected) = expected_revision {
@@ -217,7 +243,7 @@ pub async fn read(
     if let Some(from) = from {
         query.push(("from", from.to_string()));
     }
-    let response = reqwest::Client::new()
+    let response = http()
         .get(url)
         .query(&query)
         .send()
@@ -237,7 +263,9 @@ pub async fn projections(server: &str, name: Option<&str>) -> anyhow::Result<()>
         Some(name) => format!("{server}/projections/{}", segment(name)),
         None => format!("{server}/projections"),
     };
-    let response = reqwest::get(url)
+    let response = http()
+        .get(url)
+        .send()
         .await
         .with_context(|| format!("cannot reach {server}"))?;
     print_response(response).await
@@ -258,7 +286,7 @@ pub async fn state(
     if let Some(after) = after {
         params.push(("after", after.to_string()));
     }
-    let response = reqwest::Client::new()
+    let response = http()
         .get(url)
         .query(&params)
         .send()

@@ -2,16 +2,14 @@
 //! running server (`--server`, or `REFOLD_SERVER`).
 
 mod client;
+mod serve;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::engine::ModuleLimits;
-use crate::http::Limits;
-use crate::server::{self, ServerConfig};
+use crate::server;
 
 #[derive(Parser)]
 #[command(
@@ -34,48 +32,39 @@ struct ServerArg {
         global = true
     )]
     server: String,
+    /// A bearer token, when the server requires one.
+    #[arg(long, env = "REFOLD_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// A new random token, and its line for the token file.
+    New {
+        /// read, write or admin.
+        #[arg(long, value_parser = ["read", "write", "admin"])]
+        role: String,
+        /// A name to remember it by.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The token-file line of an existing token.
+    Hash {
+        #[arg(long, value_parser = ["read", "write", "admin"])]
+        role: String,
+        token: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server on an embedded store.
-    Serve {
-        /// The folder holding the store (created if missing).
-        #[arg(long, default_value = "./refold-data")]
-        data: PathBuf,
-        /// The address to listen on.
-        #[arg(long, default_value = "127.0.0.1:7420")]
-        listen: SocketAddr,
-        /// Largest request body, in bytes.
-        #[arg(long, default_value_t = Limits::default().max_body_bytes)]
-        max_body_bytes: usize,
-        /// Most events in one append.
-        #[arg(long, default_value_t = Limits::default().max_events_per_append)]
-        max_events_per_append: usize,
-        /// Largest single event (type + data + metadata), in bytes.
-        #[arg(long, default_value_t = Limits::default().max_event_bytes)]
-        max_event_bytes: usize,
-        /// Largest module upload, in bytes.
-        #[arg(long, default_value_t = Limits::default().max_module_bytes)]
-        max_module_bytes: usize,
-        /// The store's page cache, in MiB.
-        #[arg(long, default_value_t = 256)]
-        cache_mib: u64,
-        /// Deploy a module at startup: NAME=FILE.wasm (repeatable). Unchanged bytes are a no-op.
-        #[arg(long, value_parser = parse_deploy)]
-        deploy: Vec<(String, PathBuf)>,
-        /// Linear memory per module instance, in MiB.
-        #[arg(long, default_value_t = (ModuleLimits::default().memory_bytes / (1024 * 1024)) as u64)]
-        module_memory_mib: u64,
-        /// Wall time per call into a module, in milliseconds.
-        #[arg(long, default_value_t = ModuleLimits::default().call_timeout.as_millis() as u64)]
-        module_call_timeout_ms: u64,
-        /// Largest reducer state or projection value, in bytes.
-        #[arg(long, default_value_t = ModuleLimits::default().max_state_bytes)]
-        module_max_state_bytes: usize,
-        /// Earlier versions of each module whose state is kept for rollback.
-        #[arg(long, default_value_t = 2)]
-        keep_versions: usize,
+    /// Run the server on an embedded store. Settings come from flags, REFOLD_* environment
+    /// variables, and an optional TOML file (`--config`), in that order of precedence.
+    Serve(serve::ServeArgs),
+    /// Make or hash bearer tokens for a token file (`refold serve --tokens-file`).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
     },
     /// Deploy a module (a WebAssembly component) under a name. A new version of a deployed
     /// module rebuilds beside the current one, which serves until it is replaced.
@@ -183,22 +172,46 @@ enum Command {
     },
 }
 
-fn parse_deploy(value: &str) -> Result<(String, PathBuf), String> {
-    let (name, file) = value
-        .split_once('=')
-        .ok_or_else(|| format!("expected NAME=FILE, not {value:?}"))?;
-    Ok((name.to_owned(), PathBuf::from(file)))
+impl Command {
+    /// The bearer token a client command was given.
+    fn token(&self) -> Option<&str> {
+        let server = match self {
+            Command::Append { server, .. }
+            | Command::Read { server, .. }
+            | Command::Deploy { server, .. }
+            | Command::Versions { server, .. }
+            | Command::Diff { server, .. }
+            | Command::Activate { server, .. }
+            | Command::Projections { server, .. }
+            | Command::State { server, .. } => server,
+            Command::Serve(_) | Command::Token { .. } => return None,
+        };
+        server.token.as_deref()
+    }
 }
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let args = match serve::with_config_file(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(args);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,tower_http=warn".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match &cli.command {
+        Command::Serve(args) if args.log_format == "json" => logs.json().init(),
+        _ => logs.init(),
+    }
+    if let Some(token) = cli.command.token() {
+        client::use_token(token);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -217,40 +230,24 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve {
-            data,
-            listen,
-            max_body_bytes,
-            max_events_per_append,
-            max_event_bytes,
-            max_module_bytes,
-            cache_mib,
-            deploy,
-            module_memory_mib,
-            module_call_timeout_ms,
-            module_max_state_bytes,
-            keep_versions,
-        } => {
-            server::serve(ServerConfig {
-                data_dir: data,
-                listen,
-                limits: Limits {
-                    max_body_bytes,
-                    max_events_per_append,
-                    max_event_bytes,
-                    max_module_bytes,
-                },
-                cache_bytes: cache_mib * 1024 * 1024,
-                module_limits: ModuleLimits {
-                    memory_bytes: (module_memory_mib * 1024 * 1024) as usize,
-                    call_timeout: std::time::Duration::from_millis(module_call_timeout_ms),
-                    max_state_bytes: module_max_state_bytes,
-                    ..ModuleLimits::default()
-                },
-                deploy,
-                keep_versions,
-            })
-            .await
+        Command::Serve(args) => server::serve(args.into_config()?).await,
+        Command::Token { action } => {
+            match action {
+                TokenAction::New { role, name } => {
+                    let token = serve::new_token();
+                    println!("token: {token}");
+                    println!("line for the token file:");
+                    println!(
+                        "{role} {} {}",
+                        crate::http::auth::hash_token(&token),
+                        name.unwrap_or_default()
+                    );
+                }
+                TokenAction::Hash { role, token } => {
+                    println!("{role} {}", crate::http::auth::hash_token(&token));
+                }
+            }
+            Ok(())
         }
         Command::Append {
             stream,

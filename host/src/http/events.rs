@@ -1,6 +1,7 @@
 //! Appending and reading events: `POST/GET /streams/{stream}`, `GET /streams`, `GET /all`.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -43,7 +44,22 @@ pub async fn append(
         Some(raw) => ExpectedRevision::parse(raw).map_err(ApiError::invalid_query)?,
     };
     let events = parse_events(&body?, &app.limits)?;
-    let outcome = app.store.append(stream.clone(), expected, events).await?;
+    let count = events.len() as u64;
+    let started = std::time::Instant::now();
+    let outcome = match app.store.append(stream.clone(), expected, events).await {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            if matches!(err, crate::store::StoreError::WrongExpectedRevision { .. }) {
+                app.metrics.append_conflicts.fetch_add(1, Ordering::Relaxed);
+            }
+            return Err(err.into());
+        }
+    };
+    app.metrics.append_latency.observe(started.elapsed());
+    app.metrics.appends.fetch_add(1, Ordering::Relaxed);
+    app.metrics
+        .events_appended
+        .fetch_add(count, Ordering::Relaxed);
     Ok((
         StatusCode::CREATED,
         Json(json!({

@@ -1,12 +1,15 @@
 //! The HTTP API (axum): routes, shared state, limits. Each file serves one part of the API;
 //! all of them answer failures with [`error::ApiError`].
 
+pub mod auth;
 pub mod error;
 mod events;
+mod observe;
 mod params;
 mod projections;
 mod queries;
 mod render;
+mod routes;
 mod subscribe;
 
 use std::sync::Arc;
@@ -14,11 +17,16 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::MethodRouter;
 use serde_json::json;
+use std::collections::BTreeMap;
 use tokio::sync::watch;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
+use crate::metrics::Metrics;
 use crate::modules::ModuleRegistry;
 use crate::store::EventStore;
 use error::ApiError;
@@ -53,65 +61,66 @@ pub struct AppState {
     pub store: Arc<dyn EventStore>,
     pub modules: Arc<ModuleRegistry>,
     pub limits: Limits,
+    /// Who may do what; empty means authentication is off.
+    pub tokens: Arc<auth::Tokens>,
+    pub metrics: Arc<Metrics>,
+    /// Built by [`router`] from the route table.
+    pub openapi: Arc<serde_json::Value>,
     /// Turns `true` when the server begins shutting down, so that endless responses
     /// (subscriptions) end and graceful shutdown can complete.
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// The whole API.
+/// The whole API, built from [`routes::table`].
 pub fn router(state: AppState) -> Router {
+    let table = routes::table(&state.limits);
+    let mut by_path: BTreeMap<&'static str, MethodRouter<AppState>> = BTreeMap::new();
+    for (endpoint, handler) in &table {
+        let guarded = handler.clone().route_layer(middleware::from_fn_with_state(
+            (state.tokens.clone(), endpoint.access),
+            auth::require,
+        ));
+        let merged = match by_path.remove(endpoint.path) {
+            Some(existing) => existing.merge(guarded),
+            None => guarded,
+        };
+        by_path.insert(endpoint.path, merged);
+    }
+    let endpoints: Vec<&routes::Endpoint> = table.iter().map(|(e, _)| e).collect();
+    let state = AppState {
+        openapi: Arc::new(observe::openapi_document(&endpoints)),
+        ..state
+    };
     let body_limit = state.limits.max_body_bytes;
-    let module_limit = state.limits.max_module_bytes;
-    Router::new()
-        .route("/health", get(health))
-        .route("/streams", get(events::list_streams))
-        .route(
-            "/streams/{stream}",
-            get(events::read_stream).post(events::append),
-        )
-        .route("/all", get(events::read_all))
-        .route("/subscribe/all", get(subscribe::subscribe_all))
-        .route(
-            "/subscribe/streams/{stream}",
-            get(subscribe::subscribe_stream),
-        )
-        .route("/projections", get(projections::list))
-        .route(
-            "/projections/{name}",
-            put(projections::deploy)
-                .get(projections::details)
-                .delete(projections::remove)
-                .layer(DefaultBodyLimit::max(module_limit)),
-        )
-        .route(
-            "/projections/{name}/streams/{stream}",
-            get(queries::stream_state),
-        )
-        .route("/projections/{name}/state", get(queries::state_list))
-        .route("/projections/{name}/state/{*key}", get(queries::state_key))
-        .route("/projections/{name}/logs", get(queries::logs))
-        .route(
-            "/projections/{name}/dead-letters",
-            get(queries::dead_letters),
-        )
-        .route("/projections/{name}/versions", get(projections::versions))
-        .route(
-            "/projections/{name}/versions/{version}/activate",
-            post(projections::activate),
-        )
-        .route(
-            "/projections/{name}/versions/{version}/diff",
-            get(projections::diff),
-        )
-        .route("/projections/{name}/replay", post(projections::replay))
-        .route("/projections/{name}/{action}", post(projections::action))
+    let mut router = Router::new();
+    for (path, handler) in by_path {
+        router = router.route(path, handler);
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(
+                    // One span per request: its id, method and path; never its headers,
+                    // which may carry a token.
+                    TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+                        let id = request
+                            .headers()
+                            .get("x-request-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        tracing::info_span!("request", id, method = %request.method(), path = %request.uri().path())
+                    }),
+                )
+                .layer(PropagateRequestIdLayer::x_request_id()),
+        )
         .with_state(state)
 }
 
-async fn health(State(app): State<AppState>) -> Response {
+pub(crate) async fn health(State(app): State<AppState>) -> Response {
     (
         StatusCode::OK,
         axum::Json(json!({ "status": "ok", "head": app.store.head() })),

@@ -121,6 +121,8 @@ pub struct Counters {
     pub batches: AtomicU64,
     pub busy_micros: AtomicU64,
     pub dead_letters: AtomicU64,
+    /// Time per batch handed to the guest.
+    pub batch_duration: crate::metrics::Histogram,
 }
 
 /// How the registry tells one runner thread to stop.

@@ -448,9 +448,11 @@ impl Runner {
         let counters = &self.module.counters;
         counters.events.fetch_add(events, Ordering::Relaxed);
         counters.batches.fetch_add(1, Ordering::Relaxed);
+        let elapsed = started.elapsed();
         counters
             .busy_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        counters.batch_duration.observe(elapsed);
     }
 
     fn flush_if_due(&mut self, caught_up: bool) {
