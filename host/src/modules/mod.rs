@@ -12,6 +12,7 @@
 //! recompiles.
 
 mod history;
+mod prefetch;
 mod registry;
 mod runner;
 pub mod state;

@@ -15,18 +15,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
 
 use super::state::{Changes, DeadLetter, KvOverlay, StreamState};
+use super::prefetch::{self, Next, Prefetch};
 use super::{DeployedModule, Fault, FaultPolicy, RunnerControl, Status};
 use crate::engine::bindings::{Event, StreamBatch};
 use crate::engine::{Guest, GuestError, GuestErrorKind, ModuleKind};
 use crate::store::{EventFilter, EventRef, EventStore, GlobalPosition, SledStore};
 
-/// Most events handed to the guest in one call.
-const MAX_BATCH_EVENTS: usize = 2_000;
-/// Most log events looked at for one batch (most may be filtered out).
-const MAX_SCAN_EVENTS: usize = 100_000;
 /// Reducer states remembered between batches.
 const MAX_CACHED_STATES: usize = 100_000;
 /// Uncommitted work is committed once it holds this many events...
@@ -177,33 +173,51 @@ impl Runner {
             event_types: (!filter.event_types.is_empty()).then_some(filter.event_types),
             categories: (!filter.categories.is_empty()).then_some(filter.categories),
         };
+        // Following the log, a second thread reads ahead; a bounded rebuild reads inline.
+        let mut ahead: Option<Prefetch> = None;
         while !self.control.stopping() {
-            let head_now = *head.borrow_and_update();
-            let durable = self
-                .options
-                .until
-                .map_or(head_now, |until| until.min(head_now));
-            if self.pending.next >= durable {
-                self.commit().map_err(|f| self.fault_from(None, f))?;
-                if self.options.until.is_some() {
+            let batch = if self.options.until.is_none() {
+                let reader = match ahead.as_mut() {
+                    Some(reader) => reader,
+                    None => ahead.insert(
+                        Prefetch::start(
+                            self.store.clone(),
+                            filter.clone(),
+                            self.options.skip.clone(),
+                            self.pending.next,
+                            self.control.clone(),
+                        )
+                        .map_err(|err| {
+                            self.make_fault(None, GuestErrorKind::Contract, format!("starting the log reader failed: {err}"))
+                        })?,
+                    ),
+                };
+                let mut next = reader.try_next();
+                if matches!(next, Next::Empty) {
+                    // Nothing read ahead: if everything durable is processed, commit now
+                    // (live lag is this commit), then wait for the reader.
+                    if self.pending.next >= *head.borrow_and_update() {
+                        self.commit().map_err(|f| self.fault_from(None, f))?;
+                        self.publish(Some(Status::Running));
+                        self.flush_if_due(true);
+                    }
+                    next = reader.next();
+                }
+                match next {
+                    Next::Batch(batch) => batch,
+                    Next::Empty | Next::Stopped => break,
+                }
+            } else {
+                let durable = self.options.until.map_or(0, |until| until.min(*head.borrow_and_update()));
+                if self.pending.next >= durable {
+                    self.commit().map_err(|f| self.fault_from(None, f))?;
                     return Ok(());
                 }
-                self.publish(Some(Status::Running));
-                self.flush_if_due(true);
-                if !self.wait(&mut head) {
-                    break;
-                }
-                continue;
-            }
-            let (events, scanned_to) = self
-                .collect(&filter, self.pending.next, durable, true)
-                .map_err(|err| {
-                    self.make_fault(
-                        None,
-                        GuestErrorKind::Contract,
-                        format!("reading the log failed: {err}"),
-                    )
-                })?;
+                self.collect(&filter, self.pending.next, durable, false)
+            };
+            let (events, scanned_to) = batch.map_err(|err| {
+                self.make_fault(None, GuestErrorKind::Contract, format!("reading the log failed: {err}"))
+            })?;
             let count = events.len() as u64;
             let started = Instant::now();
             let outcome = if events.is_empty() {
@@ -229,7 +243,8 @@ impl Runner {
                 Ok(())
             });
             if outcome.is_err() {
-                // Nothing uncommitted survives a failure.
+                // Nothing uncommitted survives a failure, nor what was read ahead.
+                ahead = None;
                 self.pending = Pending {
                     next: self.checkpoint,
                     ..Pending::default()
@@ -242,27 +257,14 @@ impl Runner {
         Ok(())
     }
 
-    /// The wanted events in `from..durable` (within the batch limits, unless `all`), and
-    /// the position scanning stopped at.
     fn collect(
         &self,
         filter: &EventFilter,
         from: GlobalPosition,
         durable: GlobalPosition,
-        bounded: bool,
+        unbounded: bool,
     ) -> Result<(Vec<Event>, GlobalPosition), crate::store::StoreError> {
-        let mut events = Vec::new();
-        let mut scanned = 0;
-        let scanned_to = self.store.scan_log(from, durable, |event| {
-            scanned += 1;
-            if filter.matches(event.stream, event.event_type)
-                && !self.options.skip.contains(&event.position)
-            {
-                events.push(to_guest_event(&event));
-            }
-            !bounded || (events.len() < MAX_BATCH_EVENTS && scanned < MAX_SCAN_EVENTS)
-        })?;
-        Ok((events, scanned_to))
+        prefetch::collect(&self.store, filter, &self.options.skip, from, durable, unbounded)
     }
 
     /// Commits the pending changes with the checkpoint they reach, and publishes it.
@@ -519,14 +521,4 @@ impl Runner {
         });
     }
 
-    /// Sleeps until the head moves or the runner is told to stop; `false` to stop.
-    fn wait(&self, head: &mut watch::Receiver<GlobalPosition>) -> bool {
-        let control = &self.control;
-        futures::executor::block_on(async {
-            tokio::select! {
-                changed = head.changed() => changed.is_ok(),
-                () = control.wake.notified() => true,
-            }
-        }) && !control.stopping()
-    }
 }
