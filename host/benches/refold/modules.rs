@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use refold::engine::{ModuleLimits, WasmEngine};
 use refold::modules::state::{ModuleState, StreamState};
-use refold::modules::{ModuleRegistry, ModuleSettings};
+use refold::modules::{Activation, ModuleRegistry, ModuleSettings};
 use refold::store::{
     EventStore, ExpectedRevision, ProposedEvent, SledStore, StoreConfig, StreamName,
 };
@@ -203,7 +203,7 @@ async fn rebuild(
     wasm: &[u8],
 ) -> Duration {
     let deployed = registry
-        .deploy(name, wasm, ModuleSettings::default())
+        .deploy(name, wasm, ModuleSettings::default(), Activation::Auto)
         .expect("deploy");
     let started = Instant::now();
     let mut progress = deployed.module.watch_progress();
@@ -245,6 +245,7 @@ pub async fn rebuild_and_lag(events: u64, seconds: f64) {
         store.clone(),
         dir.path().join("compiled"),
         ModuleLimits::default(),
+        2,
     )
     .expect("registry");
     let took = rebuild(&registry, &store, "bank-account", &bank_wasm).await;

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use refold::engine::{ModuleLimits, WasmEngine};
-use refold::modules::{ModuleRegistry, ModuleSettings, Status};
+use refold::modules::{Activation, ModuleRegistry, ModuleSettings, Status};
 use refold::store::{EventFilter, EventStore, SledStore, StoreConfig};
 use serde_json::Value;
 
@@ -59,13 +59,14 @@ fn open_store(dir: &Path) -> Arc<SledStore> {
     Arc::new(SledStore::open(&config).expect("the store opens"))
 }
 
-fn open_registry(dir: &Path, store: &Arc<SledStore>) -> ModuleRegistry {
+fn open_registry(dir: &Path, store: &Arc<SledStore>) -> Arc<ModuleRegistry> {
     let engine = Arc::new(WasmEngine::new().expect("the engine"));
     ModuleRegistry::open(
         engine,
         store.clone(),
         dir.join("compiled"),
         ModuleLimits::default(),
+        2,
     )
     .expect("the registry opens")
 }
@@ -187,7 +188,7 @@ async fn rebuild_phase(dir: &Path) {
         .iter()
         .map(|name| {
             registry
-                .deploy(name, &wasm, ModuleSettings::default())
+                .deploy(name, &wasm, ModuleSettings::default(), Activation::Auto)
                 .expect("deploy")
                 .module
         })

@@ -15,9 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-
-use super::state::{Changes, DeadLetter, KvOverlay, StreamState};
 use super::prefetch::{self, Next, Prefetch};
+use super::state::{Changes, DeadLetter, KvOverlay, StreamState};
 use super::{DeployedModule, Fault, FaultPolicy, RunnerControl, Status};
 use crate::engine::bindings::{Event, StreamBatch};
 use crate::engine::{Guest, GuestError, GuestErrorKind, ModuleKind};
@@ -188,7 +187,11 @@ impl Runner {
                             self.control.clone(),
                         )
                         .map_err(|err| {
-                            self.make_fault(None, GuestErrorKind::Contract, format!("starting the log reader failed: {err}"))
+                            self.make_fault(
+                                None,
+                                GuestErrorKind::Contract,
+                                format!("starting the log reader failed: {err}"),
+                            )
                         })?,
                     ),
                 };
@@ -208,7 +211,10 @@ impl Runner {
                     Next::Empty | Next::Stopped => break,
                 }
             } else {
-                let durable = self.options.until.map_or(0, |until| until.min(*head.borrow_and_update()));
+                let durable = self
+                    .options
+                    .until
+                    .map_or(0, |until| until.min(*head.borrow_and_update()));
                 if self.pending.next >= durable {
                     self.commit().map_err(|f| self.fault_from(None, f))?;
                     return Ok(());
@@ -216,7 +222,11 @@ impl Runner {
                 self.collect(&filter, self.pending.next, durable, false)
             };
             let (events, scanned_to) = batch.map_err(|err| {
-                self.make_fault(None, GuestErrorKind::Contract, format!("reading the log failed: {err}"))
+                self.make_fault(
+                    None,
+                    GuestErrorKind::Contract,
+                    format!("reading the log failed: {err}"),
+                )
             })?;
             let count = events.len() as u64;
             let started = Instant::now();
@@ -264,7 +274,14 @@ impl Runner {
         durable: GlobalPosition,
         unbounded: bool,
     ) -> Result<(Vec<Event>, GlobalPosition), crate::store::StoreError> {
-        prefetch::collect(&self.store, filter, &self.options.skip, from, durable, unbounded)
+        prefetch::collect(
+            &self.store,
+            filter,
+            &self.options.skip,
+            from,
+            durable,
+            unbounded,
+        )
     }
 
     /// Commits the pending changes with the checkpoint they reach, and publishes it.
@@ -520,5 +537,4 @@ impl Runner {
             progress.fault = Some(fault);
         });
     }
-
 }
