@@ -292,6 +292,7 @@ pub async fn rebuild_and_lag(events: u64, seconds: f64) {
     );
 
     live_lag(&registry, &store, seconds).await;
+    call_overhead(&bank_wasm);
     registry.shutdown();
 }
 
@@ -365,5 +366,91 @@ async fn live_lag(registry: &ModuleRegistry, store: &Arc<SledStore>, seconds: f6
         "",
         percentile(&lags, 0.99).as_secs_f64() * 1e3,
         "ms p99"
+    );
+}
+
+/// The cost of entering the guest with limits on (epoch deadline, memory limiter): an empty
+/// call, a call with one event, and the per-event cost of a call with 1,000.
+pub fn call_overhead(bank_wasm: &[u8]) {
+    use refold::engine::Guest;
+    use refold::engine::bindings::{Event, StreamBatch};
+    use refold::engine::sandbox::GuestLog;
+
+    let engine = Arc::new(WasmEngine::new().expect("engine"));
+    let component = WasmEngine::to_component(bank_wasm).expect("a component");
+    let compiled = Arc::new(engine.compile(&component).expect("compiles"));
+    let mut guest = Guest::new(
+        engine,
+        compiled,
+        ModuleLimits::default(),
+        GuestLog::new(64 * 1024),
+    );
+    let event = |revision: u64| Event {
+        id: uuid::Uuid::new_v4().to_string(),
+        stream_id: "account-1".into(),
+        revision,
+        position: revision,
+        event_type: "Deposited".into(),
+        data: r#"{"amount":5}"#.into(),
+        metadata: "{}".into(),
+        recorded_at: 0,
+    };
+    let calls = 20_000u32;
+    let started = Instant::now();
+    for _ in 0..calls {
+        guest.filter().expect("filter");
+    }
+    let empty = started.elapsed() / calls;
+    let mut state: Option<Vec<u8>> = None;
+    let started = Instant::now();
+    for revision in 0..u64::from(calls) {
+        let batch = StreamBatch {
+            stream_id: "account-1".into(),
+            state: state.take(),
+            events: vec![event(revision)],
+        };
+        state = Some(
+            guest
+                .apply(&[batch])
+                .expect("apply")
+                .remove(0)
+                .expect("accepted"),
+        );
+    }
+    let single = started.elapsed() / calls;
+    let events: Vec<Event> = (0..1_000).map(event).collect();
+    let started = Instant::now();
+    for _ in 0..20 {
+        let batch = StreamBatch {
+            stream_id: "account-1".into(),
+            state: state.take(),
+            events: events.clone(),
+        };
+        state = Some(
+            guest
+                .apply(&[batch])
+                .expect("apply")
+                .remove(0)
+                .expect("accepted"),
+        );
+    }
+    let per_event = started.elapsed() / 20_000;
+    println!(
+        "{:<52} {:>14.2} {:<10}",
+        "guest call, empty (limits on)",
+        empty.as_secs_f64() * 1e6,
+        "µs"
+    );
+    println!(
+        "{:<52} {:>14.2} {:<10}",
+        "guest call, apply 1 event",
+        single.as_secs_f64() * 1e6,
+        "µs"
+    );
+    println!(
+        "{:<52} {:>14.0} {:<10}",
+        "guest call, apply 1,000 events: per event",
+        per_event.as_secs_f64() * 1e9,
+        "ns"
     );
 }
