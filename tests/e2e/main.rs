@@ -10,6 +10,7 @@ mod concurrency;
 mod crash;
 mod errors;
 mod modules;
+mod openapi;
 mod reads;
 mod sandbox;
 mod security;
