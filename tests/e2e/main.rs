@@ -9,6 +9,7 @@ mod cli;
 mod concurrency;
 mod crash;
 mod errors;
+mod languages;
 mod modules;
 mod openapi;
 mod reads;

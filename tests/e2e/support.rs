@@ -344,26 +344,51 @@ pub fn repo_root() -> PathBuf {
 pub fn examples() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
+        .get_or_init(|| build_examples(&["--target", "all"]))
+        .clone()
+}
+
+/// Builds the example modules in JavaScript, Python and C too (once per test run; the
+/// first build installs their pinned toolchains under `examples/tools`). Returns
+/// `examples/dist`.
+pub fn language_examples() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
         .get_or_init(|| {
-            let root = repo_root();
-            let status = Command::new("bash")
-                .arg(root.join("examples/build.sh"))
-                .args(["--target", "all"])
-                .env("CARGO_TARGET_DIR", root.join("examples/target"))
-                .env_remove("RUSTFLAGS")
-                .env_remove("CARGO_ENCODED_RUSTFLAGS")
-                .status()
-                .expect("examples/build.sh runs");
-            assert!(status.success(), "examples/build.sh failed");
-            root.join("examples/dist")
+            build_examples(&["--lang", "js,py,c"]);
+            examples()
         })
         .clone()
 }
 
+/// Runs `examples/build.sh` with `args`; returns `examples/dist`.
+fn build_examples(args: &[&str]) -> PathBuf {
+    let root = repo_root();
+    let status = Command::new("bash")
+        .arg(root.join("examples/build.sh"))
+        .args(args)
+        .env("CARGO_TARGET_DIR", root.join("examples/target"))
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .expect("examples/build.sh runs");
+    assert!(status.success(), "examples/build.sh {args:?} failed");
+    root.join("examples/dist")
+}
+
 /// The bytes of a built example module (`bank-account.wasm`, `order-summary.core.wasm`).
 pub fn example(file: &str) -> Vec<u8> {
-    let path = examples().join(file);
-    std::fs::read(&path).unwrap_or_else(|err| panic!("reading {}: {err}", path.display()))
+    read_module(&examples().join(file))
+}
+
+/// The bytes of a built example module in any language (`bank-account-py.wasm`,
+/// `bank-account-c.core.wasm`, and the Rust ones).
+pub fn language_example(file: &str) -> Vec<u8> {
+    read_module(&language_examples().join(file))
+}
+
+fn read_module(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|err| panic!("reading {}: {err}", path.display()))
 }
 
 impl Server {
@@ -490,4 +515,35 @@ impl Server {
             .expect("action is answered");
         decode(response).await
     }
+}
+
+/// Appends planned events from `writers` concurrent clients, each run of consecutive events
+/// of one stream (up to 20) as one request.
+pub async fn append_planned(server: &Server, events: &[crate::model::Planned], writers: usize) {
+    let chunk = events.len().div_ceil(writers.max(1)).max(1);
+    futures::future::join_all(events.chunks(chunk).map(|part| async move {
+        for run in part.chunk_by(|a, b| a.0 == b.0) {
+            for batch in run.chunks(20) {
+                let events: Vec<Value> =
+                    batch.iter().map(|(_, t, d)| event(t, d.clone())).collect();
+                let (status, body) = server
+                    .post(&format!("/streams/{}", batch[0].0), &Value::from(events))
+                    .await;
+                assert_eq!(status, StatusCode::CREATED, "{body}");
+            }
+        }
+    }))
+    .await;
+}
+
+/// The independent models of `bank-account` and `order-summary`, fed from the server's log
+/// in position order.
+pub async fn models_from_log(server: &Server) -> (crate::model::Banks, crate::model::Orders) {
+    let (mut banks, mut orders) = <(crate::model::Banks, crate::model::Orders)>::default();
+    for e in server.read_all_fully().await {
+        let (stream, event_type) = (e["stream"].as_str().unwrap(), e["type"].as_str().unwrap());
+        banks.apply(stream, event_type, &e["data"]);
+        orders.apply(stream, event_type, &e["data"]);
+    }
+    (banks, orders)
 }
