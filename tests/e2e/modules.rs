@@ -9,55 +9,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::model::{self, Banks, Orders, Planned};
-use crate::support::{Server, error_code, event, example};
-
-/// Appends planned events, each run of consecutive events of one stream as one request.
-async fn append_all(server: &Server, events: &[Planned]) {
-    let mut i = 0;
-    while i < events.len() {
-        let stream = &events[i].0;
-        let mut j = i;
-        while j < events.len() && &events[j].0 == stream && j - i < 20 {
-            j += 1;
-        }
-        let batch: Vec<Value> = events[i..j]
-            .iter()
-            .map(|(_, t, d)| event(t, d.clone()))
-            .collect();
-        let (status, body) = server
-            .post(&format!("/streams/{stream}"), &json!(batch))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        i = j;
-    }
-}
-
-/// Appends from several concurrent writers.
-async fn append_concurrently(server: &Arc<Server>, events: Vec<Planned>, writers: usize) {
-    let chunk = events.len().div_ceil(writers);
-    let tasks: Vec<_> = events
-        .chunks(chunk)
-        .map(|part| {
-            let (server, part) = (server.clone(), part.to_vec());
-            tokio::spawn(async move { append_all(&server, &part).await })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
-}
-
-/// Both models, fed from the log itself in position order.
-async fn models_from_log(server: &Server) -> (Banks, Orders) {
-    let (mut banks, mut orders) = (Banks::default(), Orders::default());
-    for e in server.read_all_fully().await {
-        let (stream, event_type) = (e["stream"].as_str().unwrap(), e["type"].as_str().unwrap());
-        banks.apply(stream, event_type, &e["data"]);
-        orders.apply(stream, event_type, &e["data"]);
-    }
-    (banks, orders)
-}
+use crate::model::{self, Banks, Orders};
+use crate::support::{Server, append_planned, error_code, event, example, models_from_log};
 
 async fn assert_reducer_matches(server: &Server, module: &str, banks: &Banks) {
     assert!(!banks.accounts.is_empty());
@@ -82,7 +35,7 @@ async fn assert_projection_matches(server: &Server, module: &str, orders: &Order
 async fn modules_deployed_late_catch_up_keep_up_live_and_match_an_independent_computation() {
     let server = Arc::new(Server::start().await);
     // Events that exist before any module does.
-    append_all(&server, &model::random_events(2_000, 40, 60)).await;
+    append_planned(&server, &model::random_events(2_000, 40, 60), 1).await;
     for (name, file) in [
         ("bank-account", "bank-account.wasm"),
         ("order-summary", "order-summary.wasm"),
@@ -93,7 +46,7 @@ async fn modules_deployed_late_catch_up_keep_up_live_and_match_an_independent_co
         assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
     }
     // Live appends from several writers while the modules catch up and keep up.
-    append_concurrently(&server, model::random_events(4_000, 40, 60), 8).await;
+    append_planned(&server, &model::random_events(4_000, 40, 60), 8).await;
     for name in [
         "bank-account",
         "order-summary",
