@@ -30,7 +30,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$examples_dir/target}"
 # Pinned toolchains. componentize-js (and what it brings) is pinned by
 # tools/package-lock.json, componentize-py by tools/requirements.txt.
 wit_bindgen_version=0.61.1 # the wit-bindgen of refold-guest
-debian_c_packages=(clang-14 lld-14 wasi-libc)
+debian_c_packages=(clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32)
 clang=clang-14
 
 # The examples in other languages: folder, language, world of wit/refold.wit.
