@@ -2,7 +2,7 @@
 //! `{"error": {"code": "<snake_case>", "message": "<sentence>", ...}}` with a fitting status.
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
@@ -83,21 +83,6 @@ impl From<StoreError> for ApiError {
                     err.to_string(),
                 )
             }
-        }
-    }
-}
-
-impl From<BytesRejection> for ApiError {
-    fn from(rejection: BytesRejection) -> Self {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            Self::new(
-                status,
-                "payload_too_large",
-                "the request body is larger than this server accepts",
-            )
-        } else {
-            Self::new(status, "invalid_body", rejection.body_text())
         }
     }
 }

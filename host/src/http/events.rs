@@ -4,16 +4,17 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use super::body::read_limited;
 use super::error::ApiError;
 use super::render::push_event_list;
 use super::{AppState, Limits, params};
@@ -34,7 +35,8 @@ pub async fn append(
     State(app): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<AppendParams>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let Path(stream) = path?;
     let stream = params::stream_name(&stream)?;
@@ -43,7 +45,8 @@ pub async fn append(
         None => ExpectedRevision::Any,
         Some(raw) => ExpectedRevision::parse(raw).map_err(ApiError::invalid_query)?,
     };
-    let events = parse_events(&body?, &app.limits)?;
+    let body = read_limited(&headers, body, app.limits.max_body_bytes).await?;
+    let events = parse_events(&body, &app.limits)?;
     let count = events.len() as u64;
     let started = std::time::Instant::now();
     let outcome = match app.store.append(stream.clone(), expected, events).await {

@@ -2,6 +2,7 @@
 //! all of them answer failures with [`error::ApiError`].
 
 pub mod auth;
+mod body;
 pub mod error;
 mod events;
 mod observe;

@@ -5,14 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::body::read_limited;
 use super::error::ApiError;
 use super::{AppState, params};
 use crate::engine::UploadError;
@@ -162,13 +163,14 @@ pub async fn deploy(
     State(app): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<DeployParams>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let Path(name) = path?;
     let Query(query) = query?;
     let settings = query.settings()?;
     let activation = query.activation()?;
-    let body = body?;
+    let body = read_limited(&headers, body, app.limits.max_module_bytes).await?;
     let modules = app.modules.clone();
     let deployed =
         tokio::task::spawn_blocking(move || modules.deploy(&name, &body, settings, activation))
