@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod body;
+mod console;
 pub mod error;
 mod events;
 mod observe;
@@ -98,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         router = router.route(path, handler);
     }
     router
+        .merge(console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

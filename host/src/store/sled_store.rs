@@ -55,6 +55,7 @@ impl SledStore {
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_bytes)
+            .segment_size(segment_size(&config.path))
             .flush_every_ms(None)
             .open()
             .with_context(|| format!("opening the store at {}", config.path.display()))?;
@@ -206,6 +207,28 @@ impl EventStore for SledStore {
     }
 }
 
+/// sled's segment size for a new store; an existing store keeps the one it was made with
+/// (sled refuses to open it with another).
+///
+/// sled writes a tree node bigger than a quarter segment to a file of its own (a blob), and
+/// its page cache counts such a node as the few bytes of its pointer, so it never evicts it:
+/// every blob read stays in memory. The log's leaves hold up to 17 chunks of
+/// [`super::writer::CHUNK_MAX_BYTES`] (more for a chunk holding one big event); 4 MiB
+/// segments (a 1 MiB quarter) keep them inline, so the cache can bound the memory of
+/// reading the whole log.
+const SEGMENT_BYTES: usize = 4 * 1024 * 1024;
+
+fn segment_size(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path.join("conf"))
+        .ok()
+        .and_then(|conf| {
+            conf.lines()
+                .find_map(|line| line.strip_prefix("segment_size: "))
+                .and_then(|value| value.trim().parse().ok())
+        })
+        .unwrap_or(SEGMENT_BYTES)
+}
+
 /// The position after the last event in the log.
 fn recover_head(log: &sled::Tree) -> Result<GlobalPosition, StoreError> {
     let (lo, hi) = codec::chunk_key_bounds();
@@ -262,20 +285,13 @@ impl LogReader {
         if from >= until {
             return Ok(from);
         }
-        let start = match self.chunk_at(from)? {
-            Some((first, _)) => codec::chunk_key(first),
-            None => codec::chunk_key(0),
+        let Some((mut first, mut chunk)) = self.chunk_at(from)? else {
+            return Ok(from);
         };
-        let (_, hi) = codec::chunk_key_bounds();
         let mut next = from;
-        let mut more = true;
-        for entry in self.log.range(&start[..]..&hi[..]) {
-            let (key, value) = entry?;
-            let first = codec::chunk_position(&key)?;
-            if first >= until {
-                break;
-            }
-            decode_chunk(&value, first, next, |event| {
+        loop {
+            let mut more = true;
+            decode_chunk(&chunk, first, next, |event| {
                 if event.position >= until {
                     more = false;
                     return false;
@@ -286,6 +302,26 @@ impl LogReader {
             })?;
             if !more {
                 break;
+            }
+            // Chunks are contiguous: the next one's key is the position after this one's
+            // last event. Fetched by key, not by a range iterator: sled's page cache counts
+            // an access per `get` but only one per leaf for an iterator, and evicts only after
+            // enough accesses, so a long iterator scan keeps every leaf it read in memory.
+            let end = if next > first {
+                next
+            } else {
+                first + codec::chunk_len(&chunk)?
+            };
+            if end >= until {
+                break;
+            }
+            match self.log.get(codec::chunk_key(end))? {
+                Some(value) => (first, chunk) = (end, value),
+                None => {
+                    return Err(StoreError::Corrupt(format!(
+                        "the log has no chunk at position {end}"
+                    )));
+                }
             }
         }
         Ok(next)

@@ -21,8 +21,12 @@ use super::{
 const MAX_GROUP_EVENTS: usize = 20_000;
 /// A chunk is closed once it holds this many events...
 const CHUNK_MAX_EVENTS: usize = 1_000;
-/// ...or this many bytes, so that reading one event never decodes a huge value.
-const CHUNK_MAX_BYTES: usize = 256 * 1024;
+/// ...or this many bytes. Small chunks keep reading one event cheap and bound the memory of
+/// a long scan: sled's page cache only evicts after every one of its 256 shards has seen 64
+/// accesses, so a scan keeps about 16,384 chunks resident before eviction catches up
+/// (16,384 × 8 KiB = 128 MiB beside the cache). At ~100 bytes per event a chunk still holds
+/// ~80 events, so batched appends write few keys.
+pub(super) const CHUNK_MAX_BYTES: usize = 8 * 1024;
 /// How many of a stream's latest event ids a retry is checked against.
 const RECENT_IDS: usize = 128;
 /// Streams whose tail the writer remembers; past this the memory is dropped and reloaded.
