@@ -5,6 +5,7 @@ mod model;
 mod support;
 
 mod appends;
+mod backup;
 mod cli;
 mod concurrency;
 mod crash;

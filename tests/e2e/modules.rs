@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::model::{self, Banks, Orders};

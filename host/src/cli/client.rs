@@ -1,7 +1,13 @@
-//! Client commands: talk to a running server over HTTP and print its JSON answers.
+//! Client commands: talk to a running server over HTTP and print its answers (as tables,
+//! or as JSON with `--json`; see [`super::output`]).
+
+use std::io::{BufRead as _, Write as _};
 
 use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
 use serde_json::{Value, json};
+
+use super::output;
 
 /// The bearer token every request carries, if one was given.
 static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -179,18 +185,303 @@ async fn print_response(response: reqwest::Response) -> anyhow::Result<()> {
     print_json(response).await.map(|_| ())
 }
 
-/// Prints the server's JSON answer; fails on an error status.
+/// Prints the server's answer; fails on an error status.
 async fn print_json(response: reqwest::Response) -> anyhow::Result<Value> {
+    let body = answer(response).await?;
+    output::print(&body);
+    Ok(body)
+}
+
+/// The server's JSON answer. An error status is an error carrying the server's message and
+/// code (with `--json`, the error body is printed first).
+async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
     let status = response.status();
     let body: Value = response
         .json()
         .await
         .context("reading the server's answer")?;
-    println!("{}", serde_json::to_string_pretty(&body)?);
     if !status.is_success() {
-        bail!("the server answered {status}");
+        if output::json() {
+            println!("{}", serde_json::to_string_pretty(&body)?);
+        }
+        let error = &body["error"];
+        bail!(
+            "{} ({}, {status})",
+            error["message"].as_str().unwrap_or("the server refused"),
+            error["code"].as_str().unwrap_or("no code"),
+        );
     }
     Ok(body)
+}
+
+/// GETs `url` with `query` and returns the JSON answer.
+async fn get(server: &str, url: String, query: &[(&str, String)]) -> anyhow::Result<Value> {
+    let response = http()
+        .get(url)
+        .query(query)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {server}"))?;
+    answer(response).await
+}
+
+/// The log's head: the number of durable events.
+async fn head(server: &str) -> anyhow::Result<u64> {
+    let health = get(server, format!("{server}/health"), &[]).await?;
+    health["head"]
+        .as_u64()
+        .context("the server's /health has no head")
+}
+
+pub async fn streams(
+    server: &str,
+    prefix: &str,
+    after: Option<&str>,
+    limit: u64,
+) -> anyhow::Result<()> {
+    let mut query = vec![("prefix", prefix.to_owned()), ("limit", limit.to_string())];
+    if let Some(after) = after {
+        query.push(("after", after.to_owned()));
+    }
+    let body = get(server, format!("{server}/streams"), &query).await?;
+    if output::json() {
+        output::print(&body);
+        return Ok(());
+    }
+    let streams = body["streams"].as_array().cloned().unwrap_or_default();
+    let mut out = String::new();
+    output::push_table(&mut out, &streams, 0);
+    print!("{out}");
+    if let Some(next) = body["next"].as_str() {
+        println!("(more: --after {next:?})");
+    }
+    Ok(())
+}
+
+/// Follows `/subscribe/all` (or one stream's subscription) and prints each event.
+pub async fn tail(
+    server: &str,
+    stream: Option<&str>,
+    from: Option<u64>,
+    count: Option<u64>,
+) -> anyhow::Result<()> {
+    let (url, from) = match stream {
+        None => {
+            let from = match from {
+                Some(from) => from,
+                None => head(server).await?,
+            };
+            (format!("{server}/subscribe/all"), from)
+        }
+        Some(stream) => {
+            let from = match from {
+                Some(from) => from,
+                None => next_revision(server, stream).await?,
+            };
+            (
+                format!("{server}/subscribe/streams/{}", segment(stream)),
+                from,
+            )
+        }
+    };
+    let response = http()
+        .get(url)
+        .query(&[("from", from)])
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {server}"))?;
+    if !response.status().is_success() {
+        answer(response).await?;
+        bail!("the subscription was refused");
+    }
+    let mut body = response.bytes_stream();
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut printed = 0u64;
+    let stdout = std::io::stdout();
+    while let Some(chunk) = body.next().await {
+        buffer.extend_from_slice(&chunk.context("the subscription broke off")?);
+        // Server-sent events end with a blank line; each `data:` line holds one event.
+        while let Some(end) = find_blank_line(&buffer) {
+            let message: Vec<u8> = buffer.drain(..end).collect();
+            for line in String::from_utf8_lossy(&message).lines() {
+                let Some(data) = line.strip_prefix("data:") else {
+                    continue;
+                };
+                let Ok(event) = serde_json::from_str::<Value>(data.trim_start()) else {
+                    continue;
+                };
+                let mut out = stdout.lock();
+                if output::json() {
+                    writeln!(out, "{event}")?;
+                } else {
+                    writeln!(out, "{}", output::event_line(&event))?;
+                }
+                out.flush()?;
+                printed += 1;
+                if count.is_some_and(|count| printed >= count) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    bail!("the server ended the subscription")
+}
+
+/// The end of the first message in `buffer` (after its blank line), if it is complete.
+fn find_blank_line(buffer: &[u8]) -> Option<usize> {
+    let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buffer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The revision the next event of `stream` will have.
+async fn next_revision(server: &str, stream: &str) -> anyhow::Result<u64> {
+    let response = http()
+        .get(format!("{server}/streams/{}", segment(stream)))
+        .query(&[("direction", "backward"), ("limit", "1")])
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {server}"))?;
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(0);
+    }
+    let body = answer(response).await?;
+    Ok(body["events"][0]["revision"].as_u64().map_or(0, |r| r + 1))
+}
+
+/// A progress bar on standard error (hidden when that is not a terminal).
+fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {percent}%  {per_sec}  {eta} left",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// Events per page of an export.
+const EXPORT_PAGE: u64 = 10_000;
+
+pub async fn export(server: &str, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let end = head(server).await?;
+    let sink: Box<dyn std::io::Write> = match out {
+        Some(path) => Box::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut sink = std::io::BufWriter::with_capacity(1 << 20, sink);
+    let bar = progress_bar(end, "exporting");
+    let mut from = 0;
+    while from < end {
+        let limit = EXPORT_PAGE.min(end - from);
+        let page = get(
+            server,
+            format!("{server}/all"),
+            &[("from", from.to_string()), ("limit", limit.to_string())],
+        )
+        .await?;
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        if events.is_empty() {
+            bail!("the log ended at position {from}, before its head {end}");
+        }
+        for event in &events {
+            let position = event["position"].as_u64().unwrap_or(u64::MAX);
+            if position != from {
+                bail!("expected the event at position {from}, the server sent {position}");
+            }
+            serde_json::to_writer(&mut sink, event)?;
+            sink.write_all(b"\n")?;
+            from += 1;
+        }
+        bar.set_position(from);
+    }
+    sink.flush()?;
+    bar.finish_and_clear();
+    let target = out.map_or("standard output".to_owned(), |p| p.display().to_string());
+    eprintln!("exported {end} events (positions 0 to {end}) to {target}");
+    Ok(())
+}
+
+/// Most events, and bytes, per import request.
+const IMPORT_BATCH_EVENTS: usize = 5_000;
+const IMPORT_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+pub async fn import(server: &str, file: &std::path::Path, resume: bool) -> anyhow::Result<()> {
+    let start = head(server).await?;
+    if start > 0 && !resume {
+        bail!(
+            "the store is not empty (its log holds {start} events); import restores a backup \
+             into an empty store, or continues an interrupted import with --resume"
+        );
+    }
+    let (reader, size): (Box<dyn std::io::BufRead>, u64) = if file.as_os_str() == "-" {
+        (Box::new(std::io::stdin().lock()), 0)
+    } else {
+        let opened =
+            std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+        let size = opened.metadata().map_or(0, |m| m.len());
+        (
+            Box::new(std::io::BufReader::with_capacity(1 << 20, opened)),
+            size,
+        )
+    };
+    let bar = progress_bar(size, "importing");
+    let client = http();
+    let mut batch = String::new();
+    let (mut batched, mut imported, mut skipped, mut head) = (0usize, 0u64, 0u64, start);
+    let mut lines = reader.lines();
+    loop {
+        let line = lines.next().transpose().context("reading the export")?;
+        if let Some(line) = &line {
+            bar.inc(line.len() as u64 + 1);
+            if line.trim().is_empty() {
+                continue;
+            }
+            if skipped < start {
+                // Resuming: these are in the store already (the server checks the rest).
+                skipped += 1;
+                continue;
+            }
+            batch.push_str(line);
+            batch.push('\n');
+            batched += 1;
+        }
+        let full = batched >= IMPORT_BATCH_EVENTS || batch.len() >= IMPORT_BATCH_BYTES;
+        if batched > 0 && (full || line.is_none()) {
+            let response = client
+                .post(format!("{server}/import"))
+                .header("content-type", "application/x-ndjson")
+                .body(std::mem::take(&mut batch))
+                .send()
+                .await
+                .with_context(|| format!("cannot reach {server}"))?;
+            let answer = answer(response)
+                .await
+                .with_context(|| format!("importing after position {head}"))?;
+            imported += batched as u64;
+            head = answer["head"].as_u64().unwrap_or(head);
+            batched = 0;
+        }
+        if line.is_none() {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    eprintln!("imported {imported} events; the log's head is {head}");
+    if output::json() {
+        println!("{}", json!({"imported": imported, "head": head}));
+    }
+    Ok(())
 }
 
 pub async fn append(
@@ -243,13 +534,17 @@ pub async fn read(
     if let Some(from) = from {
         query.push(("from", from.to_string()));
     }
-    let response = http()
-        .get(url)
-        .query(&query)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {server}"))?;
-    print_response(response).await
+    let body = get(server, url, &query).await?;
+    if output::json() {
+        output::print(&body);
+        return Ok(());
+    }
+    let events = body["events"].as_array().cloned().unwrap_or_default();
+    print!("{}", output::events(&events));
+    if let Some(next) = body["next"].as_u64() {
+        println!("(more: --from {next})");
+    }
+    Ok(())
 }
 
 pub enum StateQuery {

@@ -2,6 +2,7 @@
 //! running server (`--server`, or `REFOLD_SERVER`).
 
 mod client;
+mod output;
 mod serve;
 
 use std::path::PathBuf;
@@ -35,6 +36,9 @@ struct ServerArg {
     /// A bearer token, when the server requires one.
     #[arg(long, env = "REFOLD_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// Print the server's answers as JSON (for scripts) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -150,6 +154,56 @@ enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// List streams by name.
+    Streams {
+        /// Only streams whose name starts with this (a category: `account-`).
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// List streams after this name (the `next` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Follow the log live (or one stream), printing events as they are appended.
+    Tail {
+        /// Follow only this stream.
+        stream: Option<String>,
+        /// Start at this position (a stream: revision) instead of the end.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Back up the log as NDJSON: one event per line, with its id, stream, revision,
+    /// position and recording time, up to the head when the export starts.
+    Export {
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Restore a backup made by `refold export` into an empty store, exactly as it was.
+    Import {
+        /// The NDJSON file (`-` for standard input).
+        file: PathBuf,
+        /// Continue an interrupted import: skip the events the store already holds.
+        #[arg(long)]
+        resume: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Print a shell completion script: `refold completions bash > /etc/bash_completion.d/refold`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Read a stream, or the global log with --all.
     Read {
         /// The stream to read (omit with --all).
@@ -173,20 +227,26 @@ enum Command {
 }
 
 impl Command {
-    /// The bearer token a client command was given.
-    fn token(&self) -> Option<&str> {
+    /// The server options of a client command.
+    fn client(&self) -> Option<&ServerArg> {
         let server = match self {
             Command::Append { server, .. }
             | Command::Read { server, .. }
+            | Command::Streams { server, .. }
+            | Command::Tail { server, .. }
+            | Command::Export { server, .. }
+            | Command::Import { server, .. }
             | Command::Deploy { server, .. }
             | Command::Versions { server, .. }
             | Command::Diff { server, .. }
             | Command::Activate { server, .. }
             | Command::Projections { server, .. }
             | Command::State { server, .. } => server,
-            Command::Serve(_) | Command::Token { .. } => return None,
+            Command::Serve(_) | Command::Token { .. } | Command::Completions { .. } => {
+                return None;
+            }
         };
-        server.token.as_deref()
+        Some(server)
     }
 }
 
@@ -209,8 +269,11 @@ pub fn main() -> ExitCode {
         Command::Serve(args) if args.log_format == "json" => logs.json().init(),
         _ => logs.init(),
     }
-    if let Some(token) = cli.command.token() {
-        client::use_token(token);
+    if let Some(server) = cli.command.client() {
+        if let Some(token) = &server.token {
+            client::use_token(token);
+        }
+        output::use_json(server.json);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -231,6 +294,29 @@ pub fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => server::serve(args.into_config()?).await,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "refold", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Streams {
+            prefix,
+            after,
+            limit,
+            server,
+        } => client::streams(&server.server, &prefix, after.as_deref(), limit).await,
+        Command::Tail {
+            stream,
+            from,
+            count,
+            server,
+        } => client::tail(&server.server, stream.as_deref(), from, count).await,
+        Command::Export { out, server } => client::export(&server.server, out.as_deref()).await,
+        Command::Import {
+            file,
+            resume,
+            server,
+        } => client::import(&server.server, &file, resume).await,
         Command::Token { action } => {
             match action {
                 TokenAction::New { role, name } => {

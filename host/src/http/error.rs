@@ -70,6 +70,9 @@ impl From<StoreError> for ApiError {
             StoreError::DuplicateEventId(message) => {
                 Self::new(StatusCode::CONFLICT, "duplicate_event_id", message)
             }
+            StoreError::ImportMismatch { message, head } => {
+                Self::new(StatusCode::CONFLICT, "import_mismatch", message).with("head", head)
+            }
             StoreError::ShuttingDown => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",

@@ -76,7 +76,7 @@ pub async fn append(
         .into_response())
 }
 
-fn invalid_event(message: impl Into<String>) -> ApiError {
+pub(super) fn invalid_event(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_event", message)
 }
 
@@ -142,13 +142,31 @@ fn parse_events(body: &[u8], limits: &Limits) -> Result<Vec<ProposedEvent>, ApiE
 }
 
 fn parse_event(item: &RawValue, limits: &Limits) -> Result<ProposedEvent, ApiError> {
+    let fields = event_fields(item, &EVENT_FIELDS)?;
+    parse_event_fields(&fields, limits)
+}
+
+/// An event's JSON object as its fields, refusing any not in `known`.
+pub(super) fn event_fields<'a>(
+    item: &'a RawValue,
+    known: &[&str],
+) -> Result<HashMap<String, &'a RawValue>, ApiError> {
     let fields: HashMap<String, &RawValue> = serde_json::from_str(item.get())
         .map_err(|_| invalid_event("an event must be a JSON object"))?;
-    if let Some(unknown) = fields.keys().find(|k| !EVENT_FIELDS.contains(&k.as_str())) {
+    if let Some(unknown) = fields.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(invalid_event(format!(
-            "unknown field {unknown:?}; an event has type, data, metadata and id"
+            "unknown field {unknown:?}; an event has {}",
+            known.join(", ")
         )));
     }
+    Ok(fields)
+}
+
+/// Checks an event's `type`, `data`, `metadata` and `id` and its size.
+pub(super) fn parse_event_fields(
+    fields: &HashMap<String, &RawValue>,
+    limits: &Limits,
+) -> Result<ProposedEvent, ApiError> {
     let event_type: String = match fields.get("type") {
         None => return Err(invalid_event("type is required")),
         Some(raw) => {

@@ -2,6 +2,7 @@
 //! all of them answer failures with [`error::ApiError`].
 
 pub mod auth;
+mod backup;
 mod body;
 mod console;
 pub mod error;

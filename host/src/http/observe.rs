@@ -189,6 +189,9 @@ pub fn openapi_document(endpoints: &[&Endpoint]) -> Value {
                     {"type": "array", "items": {"$ref": "#/components/schemas/NewEvent"}},
                 ]}}}});
             }
+            Body::RecordedEvents => {
+                operation["requestBody"] = json!({"required": true, "content": {"application/x-ndjson": {"schema": {"type": "string"}}}});
+            }
             Body::Wasm => {
                 operation["requestBody"] = json!({"required": true, "content": {"application/wasm": {"schema": {"type": "string", "format": "binary"}}}});
             }

@@ -8,7 +8,7 @@ use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, post, put};
 
 use super::auth::{Access, Role};
-use super::{AppState, Limits, events, observe, projections, queries, subscribe};
+use super::{AppState, Limits, backup, events, observe, projections, queries, subscribe};
 
 /// What a request carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +18,8 @@ pub enum Body {
     Events,
     /// A WebAssembly component.
     Wasm,
+    /// Recorded events, one JSON object per line (a backup).
+    RecordedEvents,
 }
 
 /// What a successful response is.
@@ -202,6 +204,28 @@ pub fn table(limits: &Limits) -> Vec<(Endpoint, MethodRouter<AppState>)> {
                 )
             },
             post(events::append),
+        ),
+        (
+            Endpoint {
+                body: Body::RecordedEvents,
+                ..endpoint(
+                    M::POST,
+                    "/import",
+                    ADMIN,
+                    "Restore a backup: recorded events as NDJSON (as `refold export` writes them), written exactly as they were; the first must be at the log's head",
+                    &[],
+                    &[
+                        (200, "imported: `imported` events, the new `head`"),
+                        (400, "a line is not a recorded event (`line` names it)"),
+                        (
+                            409,
+                            "the events do not continue the log or their streams (`head` is where the log ends)",
+                        ),
+                        (413, "too many events or too large a body"),
+                    ],
+                )
+            },
+            post(backup::import),
         ),
         (
             endpoint(

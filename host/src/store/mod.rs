@@ -289,6 +289,12 @@ pub enum StoreError {
     },
     #[error("{0}")]
     DuplicateEventId(String),
+    /// An imported event does not continue the log where it ends.
+    #[error("{message}")]
+    ImportMismatch {
+        message: String,
+        head: GlobalPosition,
+    },
     #[error("the store is shutting down")]
     ShuttingDown,
     #[error("storage failure: {0}")]
@@ -318,6 +324,16 @@ pub trait EventStore: Send + Sync + 'static {
         expected: ExpectedRevision,
         events: Vec<ProposedEvent>,
     ) -> BoxFuture<'static, Result<AppendOutcome, StoreError>>;
+
+    /// Restores recorded events (from a backup) exactly as they were: ids, streams,
+    /// revisions, positions and recording times. The first must be at the head of the log,
+    /// positions must follow each other, and each event must be the next revision of its
+    /// stream; otherwise nothing is written ([`StoreError::ImportMismatch`]). Atomic and
+    /// durable like an append; resolves to the new head.
+    fn import(
+        &self,
+        events: Vec<RecordedEvent>,
+    ) -> BoxFuture<'static, Result<GlobalPosition, StoreError>>;
 
     /// The durable high-water mark: the number of durable events, i.e. the position the
     /// next event will get. Readers see only positions below it.

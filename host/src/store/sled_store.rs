@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::codec::{self, decode_chunk, decode_run};
-use super::writer::{AppendJob, Writer};
+use super::writer::{AppendJob, ImportJob, Job, Writer};
 use super::{
     AppendOutcome, BoxFuture, Direction, EventFilter, EventRef, EventStore, ExpectedRevision,
     GlobalPosition, LogSlice, ProposedEvent, RecordedEvent, StoreError, StreamInfo, StreamListing,
@@ -41,7 +41,7 @@ pub struct SledStore {
     reader: LogReader,
     head_rx: watch::Receiver<GlobalPosition>,
     /// `None` once the store is closed: appends are then refused.
-    jobs: Mutex<Option<mpsc::Sender<AppendJob>>>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -118,6 +118,23 @@ impl SledStore {
     }
 }
 
+impl SledStore {
+    /// Hands a job to the writer; resolves to its answer once the job is durable.
+    fn submit<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let jobs = self.jobs.lock().clone();
+        let (reply, outcome) = oneshot::channel();
+        let job = job(reply);
+        Box::pin(async move {
+            let jobs = jobs.ok_or(StoreError::ShuttingDown)?;
+            jobs.send(job).await.map_err(|_| StoreError::ShuttingDown)?;
+            outcome.await.map_err(|_| StoreError::ShuttingDown)?
+        })
+    }
+}
+
 impl Drop for SledStore {
     fn drop(&mut self) {
         self.close();
@@ -131,19 +148,21 @@ impl EventStore for SledStore {
         expected: ExpectedRevision,
         events: Vec<ProposedEvent>,
     ) -> BoxFuture<'static, Result<AppendOutcome, StoreError>> {
-        let jobs = self.jobs.lock().clone();
-        Box::pin(async move {
-            let jobs = jobs.ok_or(StoreError::ShuttingDown)?;
-            let (reply, outcome) = oneshot::channel();
-            let job = AppendJob {
+        self.submit(|reply| {
+            Job::Append(AppendJob {
                 stream,
                 expected,
                 events,
                 reply,
-            };
-            jobs.send(job).await.map_err(|_| StoreError::ShuttingDown)?;
-            outcome.await.map_err(|_| StoreError::ShuttingDown)?
+            })
         })
+    }
+
+    fn import(
+        &self,
+        events: Vec<RecordedEvent>,
+    ) -> BoxFuture<'static, Result<GlobalPosition, StoreError>> {
+        self.submit(|reply| Job::Import(ImportJob { events, reply }))
     }
 
     fn head(&self) -> GlobalPosition {

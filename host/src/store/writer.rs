@@ -3,8 +3,10 @@
 //! One thread takes every append request queued since its last flush, checks each against
 //! the streams' current revisions (in order, so two racing appends see each other), writes
 //! them all in one atomic sled batch, flushes once, publishes the new durable head, and only
-//! then answers the requests. Under load one fsync serves many appends.
+//! then answers the requests. Under load one fsync serves many appends. Imports (restoring a
+//! backup) go through the same path, so they are atomic and durable the same way.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -13,8 +15,8 @@ use uuid::Uuid;
 use super::codec::{self, ChunkWriter};
 use super::sled_store::LogReader;
 use super::{
-    AppendOutcome, EventRef, ExpectedRevision, GlobalPosition, ProposedEvent, StoreError,
-    StreamName, StreamRevision,
+    AppendOutcome, EventRef, ExpectedRevision, GlobalPosition, ProposedEvent, RecordedEvent,
+    StoreError, StreamName, StreamRevision,
 };
 
 /// Events per group commit, at most (more wait for the next one).
@@ -32,12 +34,61 @@ const RECENT_IDS: usize = 128;
 /// Streams whose tail the writer remembers; past this the memory is dropped and reloaded.
 const MAX_CACHED_STREAMS: usize = 200_000;
 
-/// One append request, answered once durable.
+/// One request to the writer, answered once durable.
+pub(super) enum Job {
+    Append(AppendJob),
+    Import(ImportJob),
+}
+
 pub(super) struct AppendJob {
     pub stream: StreamName,
     pub expected: ExpectedRevision,
     pub events: Vec<ProposedEvent>,
     pub reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// Recorded events to restore as they are (see `EventStore::import`).
+pub(super) struct ImportJob {
+    pub events: Vec<RecordedEvent>,
+    pub reply: oneshot::Sender<Result<GlobalPosition, StoreError>>,
+}
+
+impl Job {
+    fn len(&self) -> usize {
+        match self {
+            Job::Append(job) => job.events.len(),
+            Job::Import(job) => job.events.len(),
+        }
+    }
+}
+
+/// A job's outcome, waiting for the group's flush.
+enum Answer {
+    Append(
+        oneshot::Sender<Result<AppendOutcome, StoreError>>,
+        Result<AppendOutcome, StoreError>,
+    ),
+    Import(
+        oneshot::Sender<Result<GlobalPosition, StoreError>>,
+        Result<GlobalPosition, StoreError>,
+    ),
+}
+
+impl Answer {
+    /// Sends the outcome; the client may have gone away, its events are durable all the same.
+    fn send(self) {
+        match self {
+            Answer::Append(reply, outcome) => drop(reply.send(outcome)),
+            Answer::Import(reply, outcome) => drop(reply.send(outcome)),
+        }
+    }
+
+    fn fail(self, err: StoreError) {
+        match self {
+            Answer::Append(reply, _) => drop(reply.send(Err(err))),
+            Answer::Import(reply, _) => drop(reply.send(Err(err))),
+        }
+    }
 }
 
 /// What the writer remembers of a stream's end.
@@ -119,15 +170,15 @@ impl Writer {
         }
     }
 
-    /// Serves append jobs until every sender is gone.
-    pub(super) fn run(mut self, mut jobs: mpsc::Receiver<AppendJob>) {
+    /// Serves jobs until every sender is gone.
+    pub(super) fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         while let Some(first) = jobs.blocking_recv() {
-            let mut group_events = first.events.len();
+            let mut group_events = first.len();
             let mut group = vec![first];
             while group_events < MAX_GROUP_EVENTS {
                 match jobs.try_recv() {
                     Ok(job) => {
-                        group_events += job.events.len();
+                        group_events += job.len();
                         group.push(job);
                     }
                     Err(_) => break,
@@ -138,7 +189,7 @@ impl Writer {
         tracing::debug!("writer stopped: no more appends");
     }
 
-    fn commit_group(&mut self, jobs: Vec<AppendJob>) {
+    fn commit_group(&mut self, jobs: Vec<Job>) {
         // Forget between groups, never within one: a group's staged tails live only here.
         if self.tails.len() >= MAX_CACHED_STREAMS {
             self.tails.clear();
@@ -147,8 +198,16 @@ impl Writer {
         let mut group = Group::new(group_start);
         let mut answers = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let answer = self.stage(&mut group, &job.stream, job.expected, &job.events);
-            answers.push((job.reply, answer));
+            answers.push(match job {
+                Job::Append(job) => {
+                    let outcome = self.stage(&mut group, &job.stream, job.expected, &job.events);
+                    Answer::Append(job.reply, outcome)
+                }
+                Job::Import(job) => {
+                    let outcome = self.stage_import(&mut group, &job.events);
+                    Answer::Import(job.reply, outcome)
+                }
+            });
         }
         if self.next_position > group_start {
             let batch = group.finish(self.next_position);
@@ -161,17 +220,16 @@ impl Writer {
                 tracing::error!(%err, "group commit failed");
                 self.recover_after_failure();
                 let message = err.to_string();
-                for (reply, _) in answers {
-                    let _ = reply.send(Err(StoreError::Storage(message.clone())));
+                for answer in answers {
+                    answer.fail(StoreError::Storage(message.clone()));
                 }
                 return;
             }
             self.reader.publish_head(self.next_position);
             self.head_tx.send_replace(self.next_position);
         }
-        for (reply, answer) in answers {
-            // The client may have gone away; its events are durable all the same.
-            let _ = reply.send(answer);
+        for answer in answers {
+            answer.send();
         }
     }
 
@@ -206,30 +264,17 @@ impl Writer {
             ids: Vec::new(),
         });
         for (i, event) in events.iter().enumerate() {
-            let position = self.next_position;
-            let revision = first_revision + i as u64;
-            group.chunk.push(&EventRef {
+            let event = EventRef {
                 id: event.id,
                 stream: stream.as_str(),
-                revision,
-                position,
+                revision: first_revision + i as u64,
+                position: self.next_position,
                 event_type: &event.event_type,
                 data: &event.data,
                 metadata: &event.metadata,
                 recorded_at_micros,
-            });
-            run.positions.push(position);
-            run.ids.push(event.id);
-            if let Some(recent) = tail.recent.as_mut() {
-                if recent.len() == RECENT_IDS {
-                    recent.pop_front();
-                }
-                recent.push_back((event.id, revision, position));
-            }
-            self.next_position += 1;
-            if group.chunk.len() >= CHUNK_MAX_EVENTS || group.chunk.byte_len() >= CHUNK_MAX_BYTES {
-                group.close_chunk(self.next_position);
-            }
+            };
+            self.push_event(group, &mut run, &mut tail, &event);
         }
         group.runs.insert(stream.as_str().to_owned(), run);
         let count = events.len() as u64;
@@ -241,6 +286,99 @@ impl Writer {
             first_position,
             last_position: first_position + count - 1,
         })
+    }
+
+    /// Checks that recorded events continue the log and their streams exactly, then adds
+    /// them to the group as they are. Nothing is staged unless all of them fit.
+    fn stage_import(
+        &mut self,
+        group: &mut Group,
+        events: &[RecordedEvent],
+    ) -> Result<GlobalPosition, StoreError> {
+        let mismatch =
+            |message: String, head: GlobalPosition| StoreError::ImportMismatch { message, head };
+        let mut tails: HashMap<&str, (StreamTail, Option<StreamRevision>)> = HashMap::new();
+        let mut position = self.next_position;
+        for event in events {
+            if event.position != position {
+                return Err(mismatch(
+                    format!(
+                        "event {} has position {}, but the log continues at {position}",
+                        event.id, event.position
+                    ),
+                    self.next_position,
+                ));
+            }
+            let last = match tails.entry(&event.stream) {
+                Entry::Occupied(entry) => &mut entry.into_mut().1,
+                Entry::Vacant(entry) => {
+                    let tail = self.tail(group, &event.stream, false)?;
+                    let last = tail.last_revision;
+                    &mut entry.insert((tail, last)).1
+                }
+            };
+            let next_revision = last.map_or(0, |r| r + 1);
+            if event.revision != next_revision {
+                return Err(mismatch(
+                    format!(
+                        "event {} is revision {} of stream {:?}, whose next revision is {next_revision}",
+                        event.id, event.revision, event.stream
+                    ),
+                    self.next_position,
+                ));
+            }
+            *last = Some(event.revision);
+            position += 1;
+        }
+        let mut staged: HashMap<&str, (StagedRun, StreamTail)> = HashMap::new();
+        for event in events {
+            let (run, tail) = staged.entry(&event.stream).or_insert_with(|| {
+                let (tail, _) = tails.remove(event.stream.as_str()).unwrap_or((
+                    StreamTail {
+                        last_revision: None,
+                        recent: None,
+                    },
+                    None,
+                ));
+                let run = group.runs.remove(&event.stream).unwrap_or(StagedRun {
+                    first_revision: event.revision,
+                    positions: Vec::new(),
+                    ids: Vec::new(),
+                });
+                (run, tail)
+            });
+            self.push_event(group, run, tail, &event.as_ref());
+            tail.last_revision = Some(event.revision);
+        }
+        for (stream, (run, tail)) in staged {
+            group.runs.insert(stream.to_owned(), run);
+            self.remember(stream, tail);
+        }
+        Ok(self.next_position)
+    }
+
+    /// Adds one event at the next position to the group's chunk and to its stream's run.
+    fn push_event(
+        &mut self,
+        group: &mut Group,
+        run: &mut StagedRun,
+        tail: &mut StreamTail,
+        event: &EventRef<'_>,
+    ) {
+        debug_assert_eq!(event.position, self.next_position);
+        group.chunk.push(event);
+        run.positions.push(event.position);
+        run.ids.push(event.id);
+        if let Some(recent) = tail.recent.as_mut() {
+            if recent.len() == RECENT_IDS {
+                recent.pop_front();
+            }
+            recent.push_back((event.id, event.revision, event.position));
+        }
+        self.next_position += 1;
+        if group.chunk.len() >= CHUNK_MAX_EVENTS || group.chunk.byte_len() >= CHUNK_MAX_BYTES {
+            group.close_chunk(self.next_position);
+        }
     }
 
     /// The remembered end of `stream`, loaded from the log if needed.
