@@ -8,6 +8,7 @@ mod appends;
 mod backup;
 mod cli;
 mod concurrency;
+mod console;
 mod crash;
 mod errors;
 mod languages;

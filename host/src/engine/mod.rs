@@ -427,6 +427,17 @@ impl Guest {
         self.module.kind
     }
 
+    /// Another instance of the same module, with the same limits and log (made when first
+    /// called), to run beside this one.
+    pub fn sibling(&self) -> Guest {
+        Guest::new(
+            self.engine.clone(),
+            self.module.clone(),
+            self.limits.clone(),
+            self.log.clone(),
+        )
+    }
+
     pub fn limits(&self) -> &ModuleLimits {
         &self.limits
     }

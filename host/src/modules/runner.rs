@@ -31,6 +31,9 @@ const COMMIT_EVERY: Duration = Duration::from_millis(100);
 /// A reducer state is snapshotted whenever a stream passes a multiple of this many
 /// revisions, which bounds the replay behind `?revision=` and `?at=` queries.
 pub(super) const SNAPSHOT_EVERY: u64 = 1_000;
+/// A reducer call with at least this many events is split across two instances (below it,
+/// starting the second thread costs more than it saves).
+const PARALLEL_MIN_EVENTS: usize = 512;
 /// Module state is derived from durable events, so a crash can only cost replay work; it
 /// is flushed at most this often rather than per commit.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
@@ -73,6 +76,9 @@ pub(super) struct Runner {
     module: Arc<DeployedModule>,
     control: Arc<RunnerControl>,
     guest: Guest,
+    /// A reducer's second instance, made on the first large batch: a batch's streams are
+    /// independent, so the two fold halves of it on two cores.
+    sibling: Option<Guest>,
     store: Arc<SledStore>,
     options: RunnerOptions,
     /// The committed checkpoint: what queries see.
@@ -129,6 +135,7 @@ impl Runner {
             module,
             control,
             guest,
+            sibling: None,
             store,
             options,
             checkpoint: 0,
@@ -352,7 +359,7 @@ impl Runner {
                 events: vec![event],
             });
         }
-        let results = self.guest.apply(&batches).map_err(Failure::Guest)?;
+        let results = self.apply_in_parallel(&batches).map_err(Failure::Guest)?;
         let mut updated = Vec::with_capacity(batches.len());
         for (batch, result) in batches.into_iter().zip(results) {
             let bytes = result.map_err(Failure::Rejected)?;
@@ -368,6 +375,44 @@ impl Runner {
         }
         self.pending.states.extend(updated);
         Ok(())
+    }
+
+    /// Folds stream batches into their states; a large call is split in two halves (by
+    /// events), folded at once by this instance and its sibling. Each stream's events stay
+    /// in one call, in order, so the states are the same as from one call.
+    fn apply_in_parallel(
+        &mut self,
+        batches: &[StreamBatch],
+    ) -> Result<Vec<Result<Vec<u8>, String>>, GuestError> {
+        let events: usize = batches.iter().map(|b| b.events.len()).sum();
+        if events < PARALLEL_MIN_EVENTS || batches.len() < 2 {
+            return self.guest.apply(batches);
+        }
+        let mut seen = 0;
+        let split = batches
+            .iter()
+            .position(|b| {
+                seen += b.events.len();
+                seen * 2 >= events
+            })
+            .map_or(1, |i| i + 1)
+            .clamp(1, batches.len() - 1);
+        let (first, second) = batches.split_at(split);
+        let guest = &mut self.guest;
+        let sibling = self.sibling.get_or_insert_with(|| guest.sibling());
+        let (first, second) = std::thread::scope(|scope| {
+            let second = scope.spawn(|| sibling.apply(second));
+            (guest.apply(first), second.join())
+        });
+        let second = second.map_err(|_| {
+            GuestError::new(
+                GuestErrorKind::Trap,
+                "the second instance's thread panicked",
+            )
+        })?;
+        let mut results = first?;
+        results.extend(second?);
+        Ok(results)
     }
 
     fn process_projection(&mut self, events: &[Event]) -> Result<(), Failure> {
