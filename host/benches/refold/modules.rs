@@ -221,9 +221,8 @@ async fn rebuild(
 pub async fn rebuild_and_lag(events: u64, seconds: f64) {
     let root = repo_root();
     build_examples(&root);
-    let bank_file = std::env::var("REFOLD_BENCH_BANK").unwrap_or("bank-account.wasm".into());
     let bank_wasm =
-        std::fs::read(root.join("examples/dist").join(bank_file)).expect("bank-account.wasm");
+        std::fs::read(root.join("examples/dist/bank-account.wasm")).expect("bank-account.wasm");
     let orders_wasm =
         std::fs::read(root.join("examples/dist/order-summary.wasm")).expect("order-summary.wasm");
 
