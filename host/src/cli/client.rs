@@ -412,9 +412,10 @@ pub async fn export(server: &str, out: Option<&std::path::Path>) -> anyhow::Resu
     Ok(())
 }
 
-/// Most events, and bytes, per import request.
-const IMPORT_BATCH_EVENTS: usize = 5_000;
-const IMPORT_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Most events, and bytes, per import request. Large requests make few keys: the store
+/// writes one index key per stream per request.
+const IMPORT_BATCH_EVENTS: usize = 50_000;
+const IMPORT_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 pub async fn import(server: &str, file: &std::path::Path, resume: bool) -> anyhow::Result<()> {
     let start = head(server).await?;

@@ -32,6 +32,11 @@ const RECORDED_FIELDS: [&str; 8] = [
     "recorded_at",
 ];
 
+/// Most events in one import request (its body is limited like any other). Larger than an
+/// append's limit: the store writes one index key per stream per request, so large restore
+/// requests write far fewer keys than events.
+const MAX_IMPORT_EVENTS: usize = 100_000;
+
 pub async fn import(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -45,13 +50,12 @@ pub async fn import(
         if line.trim().is_empty() {
             continue;
         }
-        if events.len() == app.limits.max_events_per_append {
+        if events.len() == MAX_IMPORT_EVENTS {
             return Err(ApiError::new(
                 axum::http::StatusCode::PAYLOAD_TOO_LARGE,
                 "too_many_events",
                 format!(
-                    "an import request holds at most {} events; send the rest in another",
-                    app.limits.max_events_per_append
+                    "an import request holds at most {MAX_IMPORT_EVENTS} events; send the rest in another"
                 ),
             ));
         }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use crate::engine::check_state;
 use crate::engine::sandbox::StateStore;
-use crate::store::{GlobalPosition, StreamRevision};
+use crate::store::{GlobalPosition, KeyBatch, StreamRevision};
 
 const CHECKPOINT_KEY: &[u8] = b"c";
 const STREAM_TAG: u8 = b's';
@@ -225,7 +225,7 @@ pub fn describe_entry_key(key: &[u8]) -> String {
 /// The changes of one batch, committed with the new checkpoint or not at all.
 #[derive(Default)]
 pub struct Changes {
-    batch: sled::Batch,
+    batch: KeyBatch,
 }
 
 impl Changes {
@@ -252,7 +252,7 @@ impl Changes {
     pub fn commit(mut self, state: &ModuleState, checkpoint: GlobalPosition) -> sled::Result<()> {
         self.batch
             .insert(CHECKPOINT_KEY, &checkpoint.to_be_bytes()[..]);
-        state.tree.apply_batch(self.batch)
+        self.batch.apply(&state.tree)
     }
 }
 

@@ -7,6 +7,7 @@
 //! ever sees an event that a crash could still take away.
 
 mod codec;
+mod sled_batch;
 mod sled_store;
 mod writer;
 
@@ -17,6 +18,7 @@ use std::pin::Pin;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+pub use sled_batch::KeyBatch;
 pub use sled_store::{SledStore, StoreConfig};
 
 /// 0-based position of an event in the global log.

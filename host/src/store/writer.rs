@@ -12,6 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+use super::KeyBatch;
 use super::codec::{self, ChunkWriter};
 use super::sled_store::LogReader;
 use super::{
@@ -110,7 +111,7 @@ pub(super) struct Writer {
 
 /// The pieces of one group commit being assembled.
 struct Group {
-    batch: sled::Batch,
+    batch: KeyBatch,
     chunk: ChunkWriter,
     chunk_first: GlobalPosition,
     /// Per stream: its events staged in this group.
@@ -127,7 +128,7 @@ struct StagedRun {
 impl Group {
     fn new(first_position: GlobalPosition) -> Self {
         Self {
-            batch: sled::Batch::default(),
+            batch: KeyBatch::default(),
             chunk: ChunkWriter::default(),
             chunk_first: first_position,
             runs: HashMap::new(),
@@ -142,7 +143,7 @@ impl Group {
         self.chunk_first = next_position;
     }
 
-    fn finish(mut self, next_position: GlobalPosition) -> sled::Batch {
+    fn finish(mut self, next_position: GlobalPosition) -> KeyBatch {
         self.close_chunk(next_position);
         for (stream, run) in &self.runs {
             self.batch.insert(
@@ -211,10 +212,8 @@ impl Writer {
         }
         if self.next_position > group_start {
             let batch = group.finish(self.next_position);
-            let written = self
-                .reader
-                .tree()
-                .apply_batch(batch)
+            let written = batch
+                .apply(self.reader.tree())
                 .and_then(|()| self.db.flush().map(|_| ()));
             if let Err(err) = written {
                 tracing::error!(%err, "group commit failed");
