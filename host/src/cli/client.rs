@@ -408,7 +408,13 @@ pub async fn export(server: &str, out: Option<&std::path::Path>) -> anyhow::Resu
     sink.flush()?;
     bar.finish_and_clear();
     let target = out.map_or("standard output".to_owned(), |p| p.display().to_string());
-    eprintln!("exported {end} events (positions 0 to {end}) to {target}");
+    match end {
+        0 => eprintln!("exported 0 events (the log is empty) to {target}"),
+        _ => eprintln!(
+            "exported {end} events (positions 0 to {}) to {target}",
+            end - 1
+        ),
+    }
     Ok(())
 }
 

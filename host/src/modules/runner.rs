@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::prefetch::{self, Next, Prefetch};
@@ -34,6 +34,37 @@ pub(super) const SNAPSHOT_EVERY: u64 = 1_000;
 /// A reducer call with at least this many events is split across two instances (below it,
 /// starting the second thread costs more than it saves).
 const PARALLEL_MIN_EVENTS: usize = 512;
+
+/// How many runners are in a guest call right now, across all modules: a call is split in
+/// two only while there is a core to spare for every one of them.
+static CALLING_RUNNERS: AtomicUsize = AtomicUsize::new(0);
+
+/// This runner's place in [`CALLING_RUNNERS`], for the length of one call.
+struct CallingRunners {
+    calling: usize,
+}
+
+impl CallingRunners {
+    fn enter() -> Self {
+        Self {
+            calling: CALLING_RUNNERS.fetch_add(1, Ordering::AcqRel) + 1,
+        }
+    }
+
+    fn has_spare_core(&self) -> bool {
+        static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let cores = *CORES.get_or_init(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        self.calling * 2 <= cores
+    }
+}
+
+impl Drop for CallingRunners {
+    fn drop(&mut self) {
+        CALLING_RUNNERS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 /// Module state is derived from durable events, so a crash can only cost replay work; it
 /// is flushed at most this often rather than per commit.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
@@ -385,7 +416,8 @@ impl Runner {
         batches: &[StreamBatch],
     ) -> Result<Vec<Result<Vec<u8>, String>>, GuestError> {
         let events: usize = batches.iter().map(|b| b.events.len()).sum();
-        if events < PARALLEL_MIN_EVENTS || batches.len() < 2 {
+        let calling = CallingRunners::enter();
+        if events < PARALLEL_MIN_EVENTS || batches.len() < 2 || !calling.has_spare_core() {
             return self.guest.apply(batches);
         }
         let mut seen = 0;
