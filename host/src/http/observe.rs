@@ -190,7 +190,10 @@ pub fn openapi_document(endpoints: &[&Endpoint]) -> Value {
                 ]}}}});
             }
             Body::RecordedEvents => {
-                operation["requestBody"] = json!({"required": true, "content": {"application/x-ndjson": {"schema": {"type": "string"}}}});
+                // NDJSON is text; `text/plain` is listed too, for clients (and API tools)
+                // that know no NDJSON media type.
+                let ndjson = json!({"schema": {"type": "string", "description": "one recorded event (as `GET /all` shows it) per line"}});
+                operation["requestBody"] = json!({"required": true, "content": {"application/x-ndjson": ndjson, "text/plain": ndjson}});
             }
             Body::Wasm => {
                 operation["requestBody"] = json!({"required": true, "content": {"application/wasm": {"schema": {"type": "string", "format": "binary"}}}});
