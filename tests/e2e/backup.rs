@@ -2,22 +2,17 @@
 //! `POST /import`) restores it into an empty store exactly as it was.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use rand::Rng;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::model::Planned;
-use crate::support::{Server, error_code, example, refold_binary};
+use crate::support::{Server, error_code, example};
 
 /// Runs a client command against `server`; panics with its stderr if it fails.
 fn refold(server: &Server, args: &[&str]) -> String {
-    let output = Command::new(refold_binary())
-        .args(args)
-        .env("REFOLD_SERVER", &server.url)
-        .output()
-        .expect("refold runs");
+    let output = server.cli(args);
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     assert!(output.status.success(), "refold {args:?} failed: {stderr}");
     stderr
@@ -266,11 +261,7 @@ async fn an_import_must_continue_the_log_and_its_streams_exactly() {
         .chain([recorded(5, "a-1", 4)])
         .collect();
     std::fs::write(&file, lines.join("\n")).unwrap();
-    let refused = Command::new(refold_binary())
-        .args(["import", file.to_str().unwrap()])
-        .env("REFOLD_SERVER", &server.url)
-        .output()
-        .unwrap();
+    let refused = server.cli(&["import", file.to_str().unwrap()]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not empty"));
     let said = refold(&server, &["import", file.to_str().unwrap(), "--resume"]);

@@ -8,19 +8,9 @@ use crate::support::{Server, refold_binary};
 
 /// Runs a client command with `--json` and returns (success, the JSON it printed, stderr).
 fn refold(server: &Server, args: &[&str]) -> (bool, Value, String) {
-    let output = Command::new(refold_binary())
-        .args(args)
-        .arg("--json")
-        .env("REFOLD_SERVER", &server.url)
-        .output()
-        .expect("refold runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let (ok, stdout, stderr) = refold_human(server, &[args, &["--json"]].concat());
     let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    (
-        output.status.success(),
-        json,
-        String::from_utf8_lossy(&output.stderr).to_string(),
-    )
+    (ok, json, stderr)
 }
 
 #[tokio::test]
@@ -197,11 +187,7 @@ async fn the_cli_redeploys_with_progress_compares_and_activates_versions() {
 
 /// Runs a client command as a person would (tables) and returns (success, stdout, stderr).
 fn refold_human(server: &Server, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(refold_binary())
-        .args(args)
-        .env("REFOLD_SERVER", &server.url)
-        .output()
-        .expect("refold runs");
+    let output = server.cli(args);
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).to_string(),

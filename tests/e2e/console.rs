@@ -9,33 +9,15 @@ use std::process::Command;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Server, example, examples, repo_root, test_guest};
+use crate::support::{Server, example, examples, python_venv, repo_root, test_guest};
 
 const ADMIN_TOKEN: &str = "rf_console_admin";
 
 /// Python with Playwright, in its own virtual environment under `target/`.
 fn playwright_python() -> PathBuf {
-    let venv = repo_root().join("target/console-venv");
-    let python = venv.join("bin/python");
     let requirements = repo_root().join("tests/console/requirements.txt");
-    let marker = venv.join("installed-requirements.txt");
-    let wanted = std::fs::read_to_string(&requirements).expect("tests/console/requirements.txt");
-    if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
-        let created = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 runs");
-        assert!(created.success(), "python3 -m venv failed");
-        let installed = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "-r"])
-            .arg(&requirements)
-            .status()
-            .expect("pip runs");
-        assert!(installed.success(), "installing Playwright failed");
-        std::fs::write(&marker, wanted).expect("writing the marker");
-    }
-    python
+    let requirements = requirements.to_str().expect("a UTF-8 path");
+    python_venv("console-venv", &["-r", requirements]).join("bin/python")
 }
 
 /// A server with an admin token, and a client that sends it.

@@ -8,26 +8,11 @@ use std::process::Command;
 
 use serde_json::json;
 
-use crate::support::{Server, event, example, repo_root};
+use crate::support::{Server, event, example, python_venv};
 
 /// schemathesis's `st`, installed on first use into its own virtual environment.
 fn schemathesis() -> PathBuf {
-    let venv = repo_root().join("target/schemathesis-venv");
-    let st = venv.join("bin/st");
-    if !st.exists() {
-        let created = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 runs");
-        assert!(created.success(), "python3 -m venv failed");
-        let installed = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "schemathesis==4.32.5"])
-            .status()
-            .expect("pip runs");
-        assert!(installed.success(), "installing schemathesis failed");
-    }
-    st
+    python_venv("schemathesis-venv", &["schemathesis==4.32.5"]).join("bin/st")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

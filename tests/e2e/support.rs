@@ -405,6 +405,15 @@ impl Server {
         decode(response).await
     }
 
+    /// Runs a `refold` client command against this server and waits for it.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(refold_binary())
+            .args(args)
+            .env("REFOLD_SERVER", &self.url)
+            .output()
+            .expect("refold runs")
+    }
+
     /// The log head (the number of durable events).
     pub async fn head(&self) -> u64 {
         self.get("/health").await.1["head"].as_u64().expect("head")
@@ -461,6 +470,37 @@ impl Server {
             }
         }
     }
+}
+
+/// A Python virtual environment `target/<name>` with `pip install <packages>` done in it;
+/// made once, and again when the packages (or a requirements file they name) change.
+pub fn python_venv(name: &str, packages: &[&str]) -> PathBuf {
+    let venv = repo_root().join("target").join(name);
+    let marker = venv.join("refold-installed.txt");
+    let mut wanted = packages.join(" ");
+    if let [.., "-r", file] = packages {
+        wanted.push('\n');
+        wanted.push_str(&std::fs::read_to_string(file).expect("the requirements file"));
+    }
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
+        return venv;
+    }
+    if !venv.join("bin/pip").exists() {
+        let created = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 runs");
+        assert!(created.success(), "python3 -m venv {name} failed");
+    }
+    let installed = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(packages)
+        .status()
+        .expect("pip runs");
+    assert!(installed.success(), "pip install {packages:?} failed");
+    std::fs::write(&marker, wanted).expect("writing the marker");
+    venv
 }
 
 /// Builds the test-only guests in `tests/guests` (once per test run), in their own target
