@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 use crate::support::{Server, example, examples, python_venv, repo_root, test_guest};
 
 const ADMIN_TOKEN: &str = "rf_console_admin";
+/// A token whose role cannot change anything: the console must say so.
+const READ_TOKEN: &str = "rf_console_reader";
 
 /// Python with Playwright, in its own virtual environment under `target/`.
 fn playwright_python() -> PathBuf {
@@ -20,14 +22,17 @@ fn playwright_python() -> PathBuf {
     python_venv("console-venv", &["-r", requirements]).join("bin/python")
 }
 
-/// A server with an admin token, and a client that sends it.
+/// A server with an admin and a read token, and a client that sends the admin token.
 async fn secured_server() -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tokens");
-    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-        ADMIN_TOKEN.as_bytes(),
-    ));
-    std::fs::write(&file, format!("admin {hash} console-test\n")).unwrap();
+    let hash = |token: &str| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let lines = format!(
+        "admin {} console-admin\nread {} console-reader\n",
+        hash(ADMIN_TOKEN),
+        hash(READ_TOKEN)
+    );
+    std::fs::write(&file, lines).unwrap();
     let mut server = Server::start_with(&["--tokens-file", file.to_str().unwrap()]).await;
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
@@ -87,7 +92,15 @@ async fn the_console_shows_every_page_with_real_data_in_a_real_browser() {
     let output = tokio::task::spawn_blocking(move || {
         Command::new(python)
             .arg(repo_root().join("tests/console/console_test.py"))
-            .args(["--url", &url, "--token", ADMIN_TOKEN, "--screenshots"])
+            .args([
+                "--url",
+                &url,
+                "--token",
+                ADMIN_TOKEN,
+                "--read-token",
+                READ_TOKEN,
+            ])
+            .arg("--screenshots")
             .arg(&screenshots)
             .arg("--wasm")
             .arg(&wasm)
