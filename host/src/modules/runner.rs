@@ -65,6 +65,7 @@ impl Drop for CallingRunners {
         CALLING_RUNNERS.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
 /// Module state is derived from durable events, so a crash can only cost replay work; it
 /// is flushed at most this often rather than per commit.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
