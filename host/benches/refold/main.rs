@@ -10,7 +10,11 @@
 //!   (started by the benchmark on a temporary folder; see `peer.rs`), with ratios.
 //! - `--restart`: also the restart and memory section on a large log (see `restart.rs`;
 //!   it builds 10 million events, which takes minutes); `--restart-events N` to change that.
-//! - `--only http|modules|restart`: one section alone (`--modules-only` is `--only modules`).
+//! - `--languages`: also the per-language section (see `languages.rs`: the examples in
+//!   Rust, JavaScript, Python and C; the first run installs their toolchains);
+//!   `--language-events N` for its log (default 200,000).
+//! - `--only http|modules|history|languages|restart`: one section alone (`--modules-only` is
+//!   `--only modules`).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -20,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod history;
+mod languages;
 mod modules;
 mod peer;
 mod restart;
@@ -318,6 +324,16 @@ async fn main() {
         println!();
         println!("## Modules");
         modules::rebuild_and_lag(events, seconds).await;
+    }
+    if section("history") {
+        println!();
+        println!("## Time travel: a reducer's past state on a long stream");
+        history::run().await;
+    }
+    if only == "languages" || (only.is_empty() && flag("--languages")) {
+        println!();
+        println!("## Languages: the examples in Rust, JavaScript, Python and C");
+        languages::run(arg("--language-events", 200_000)).await;
     }
     if only == "restart" || (only.is_empty() && flag("--restart")) {
         println!();

@@ -29,10 +29,16 @@ pub fn repo_root() -> std::path::PathBuf {
         .to_path_buf()
 }
 
-/// Builds the example modules into `examples/dist/`.
+/// Builds the Rust example modules into `examples/dist/`.
 pub fn build_examples(root: &Path) {
+    build_examples_with(root, &[]);
+}
+
+/// Runs `examples/build.sh` with `args` (see its usage).
+pub fn build_examples_with(root: &Path, args: &[&str]) {
     let status = std::process::Command::new("bash")
         .arg(root.join("examples/build.sh"))
+        .args(args)
         .env("CARGO_TARGET_DIR", root.join("examples/target"))
         .stdout(std::process::Stdio::null())
         .status()
@@ -40,7 +46,7 @@ pub fn build_examples(root: &Path) {
     assert!(status.success(), "examples/build.sh failed");
 }
 
-fn proposed(event_type: &str, data: serde_json::Value) -> ProposedEvent {
+pub fn proposed(event_type: &str, data: serde_json::Value) -> ProposedEvent {
     ProposedEvent {
         id: uuid::Uuid::new_v4(),
         id_from_client: false,
@@ -106,7 +112,7 @@ pub fn bank_event(append: u64, i: u64) -> (String, ProposedEvent) {
     (stream, event)
 }
 
-fn order_event(append: u64, i: u64) -> (String, ProposedEvent) {
+pub fn order_event(append: u64, i: u64) -> (String, ProposedEvent) {
     let order = (append * 25 + i / 4) % ORDERS;
     let stream = format!("order-{order}");
     let event = match i % 4 {

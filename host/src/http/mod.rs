@@ -146,3 +146,50 @@ async fn method_not_allowed() -> ApiError {
         "this route does not accept that method",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{ModuleLimits, WasmEngine};
+    use crate::store::{SledStore, StoreConfig};
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::Service;
+
+    #[tokio::test]
+    async fn an_append_after_the_store_closed_is_answered_503_shutting_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(&StoreConfig::new(dir.path().join("store"))).unwrap());
+        let engine = Arc::new(WasmEngine::new().unwrap());
+        let modules = ModuleRegistry::open(
+            engine,
+            store.clone(),
+            dir.path().join("compiled"),
+            ModuleLimits::default(),
+            1,
+        )
+        .unwrap();
+        let (_shutdown_tx, shutdown) = watch::channel(false);
+        let mut app = router(AppState {
+            store: store.clone(),
+            modules,
+            limits: Limits::default(),
+            tokens: Arc::default(),
+            metrics: Arc::default(),
+            openapi: Arc::default(),
+            shutdown,
+        });
+        store.close();
+        let request = Request::post("/streams/account-1")
+            .body(Body::from(r#"{"type":"Deposited","data":{"amount":5}}"#))
+            .unwrap();
+        let response = app.call(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "shutting_down", "{body}");
+        assert_eq!(store.head(), 0, "nothing was written");
+    }
+}

@@ -162,15 +162,16 @@ pub async fn stream_state(
     let version = module.version.clone();
     let target = stream.clone();
     let module_name = name.clone();
-    let (revision, bytes) = tokio::task::spawn_blocking(move || {
+    let past = tokio::task::spawn_blocking(move || {
         modules.stream_state_at(&module_name, Some(&version), &target, point)
     })
     .await??
     .ok_or_else(no_state)?;
     Ok(Json(json!({
         "stream": stream.as_str(),
-        "revision": revision,
-        "state": state_json(&bytes),
+        "revision": past.revision,
+        "state": state_json(&past.bytes),
+        "replayed": past.replayed,
     })))
 }
 

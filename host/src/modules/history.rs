@@ -20,6 +20,18 @@ pub enum Point {
     At(i64),
 }
 
+/// A stream's state at a point of its history.
+#[derive(Debug)]
+pub struct PastState {
+    /// The revision of the stream's last event at that point.
+    pub revision: StreamRevision,
+    /// The module's state bytes after that event.
+    pub bytes: Vec<u8>,
+    /// How many events were fed through the module to answer: at most the snapshot
+    /// interval, however long the stream.
+    pub replayed: u64,
+}
+
 /// Events replayed per guest call.
 const PAGE: usize = 1_000;
 
@@ -67,8 +79,8 @@ fn revision_at(
     }
 }
 
-/// `stream`'s state in reducer `module` at `point`: the revision it reflects and the
-/// state bytes. `None` if the stream had no event then.
+/// `stream`'s state in reducer `module` at `point`. `None` if the stream had no event
+/// then.
 ///
 /// # Errors
 /// The module is not a reducer, or the replay failed.
@@ -77,7 +89,7 @@ pub(super) fn stream_state_at(
     module: &Arc<DeployedModule>,
     stream: &StreamName,
     point: Point,
-) -> Result<Option<(StreamRevision, Vec<u8>)>, ModuleError> {
+) -> Result<Option<PastState>, ModuleError> {
     if module.kind != ModuleKind::Reducer {
         return Err(ModuleError::Conflict(
             "only a reducer has per-stream history".into(),
@@ -96,6 +108,7 @@ pub(super) fn stream_state_at(
     };
     let (letters, _) = module.state.dead_letters(0, usize::MAX)?;
     let skipped: BTreeSet<u64> = letters.iter().map(|l| l.position).collect();
+    let mut replayed = 0;
     let mut guest = registry.new_guest(module);
     let wanted = guest.filter().map_err(|e| failed("filter() failed", e))?;
     let filter = EventFilter {
@@ -120,6 +133,7 @@ pub(super) fn stream_state_at(
             .map(|e| super::runner::to_guest_event(&e.as_ref()))
             .collect();
         if !events.is_empty() {
+            replayed += events.len() as u64;
             let batch = StreamBatch {
                 stream_id: stream.as_str().to_owned(),
                 state: state.take(),
@@ -144,7 +158,11 @@ pub(super) fn stream_state_at(
             .init(stream.as_str())
             .map_err(|e| failed("init() failed", e))?,
     };
-    Ok(Some((target, bytes)))
+    Ok(Some(PastState {
+        revision: target,
+        bytes,
+        replayed,
+    }))
 }
 
 impl ModuleRegistry {
@@ -158,7 +176,7 @@ impl ModuleRegistry {
         version: Option<&str>,
         stream: &StreamName,
         point: Point,
-    ) -> Result<Option<(StreamRevision, Vec<u8>)>, ModuleError> {
+    ) -> Result<Option<PastState>, ModuleError> {
         let module = self.resolve(name, version)?;
         stream_state_at(self, &module, stream, point)
     }

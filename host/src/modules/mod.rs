@@ -30,7 +30,7 @@ use tokio::sync::{Notify, watch};
 use crate::engine::sandbox::{GuestLog, LogLine};
 use crate::engine::{CompiledModule, GuestErrorKind, ModuleKind, ModuleLimits, UploadError};
 use crate::store::GlobalPosition;
-pub use history::Point;
+pub use history::{PastState, Point};
 pub use registry::{Activation, ModuleRegistry, Role, VersionView};
 use state::ModuleState;
 pub use verify::{Diff, Verification};

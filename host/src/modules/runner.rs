@@ -20,7 +20,7 @@ use super::state::{Changes, DeadLetter, KvOverlay, StreamState};
 use super::{DeployedModule, Fault, FaultPolicy, RunnerControl, Status};
 use crate::engine::bindings::{Event, StreamBatch};
 use crate::engine::{Guest, GuestError, GuestErrorKind, ModuleKind};
-use crate::store::{EventFilter, EventRef, EventStore, GlobalPosition, SledStore};
+use crate::store::{EventFilter, EventRef, EventStore, GlobalPosition, SledStore, StreamRevision};
 
 /// Reducer states remembered between batches.
 const MAX_CACHED_STATES: usize = 100_000;
@@ -34,6 +34,8 @@ pub(super) const SNAPSHOT_EVERY: u64 = 1_000;
 /// A reducer call with at least this many events is split across two instances (below it,
 /// starting the second thread costs more than it saves).
 const PARALLEL_MIN_EVENTS: usize = 512;
+/// A sibling instance unused this long is dropped when the runner is caught up.
+const SIBLING_IDLE: Duration = Duration::from_secs(30);
 
 /// How many runners are in a guest call right now, across all modules: a call is split in
 /// two only while there is a core to spare for every one of them.
@@ -111,6 +113,8 @@ pub(super) struct Runner {
     /// A reducer's second instance, made on the first large batch: a batch's streams are
     /// independent, so the two fold halves of it on two cores.
     sibling: Option<Guest>,
+    /// When the sibling last folded half a batch.
+    sibling_used: Instant,
     store: Arc<SledStore>,
     options: RunnerOptions,
     /// The committed checkpoint: what queries see.
@@ -168,6 +172,7 @@ impl Runner {
             control,
             guest,
             sibling: None,
+            sibling_used: Instant::now(),
             store,
             options,
             checkpoint: 0,
@@ -240,6 +245,7 @@ impl Runner {
                     // (live lag is this commit), then wait for the reader.
                     if self.pending.next >= *head.borrow_and_update() {
                         self.commit().map_err(|f| self.fault_from(None, f))?;
+                        self.release_idle_sibling();
                         self.publish(Some(Status::Running));
                         self.flush_if_due(true);
                     }
@@ -365,6 +371,8 @@ impl Runner {
 
     fn process_reducer(&mut self, events: Vec<Event>) -> Result<(), Failure> {
         let mut batches: Vec<StreamBatch> = Vec::new();
+        // Per batch, the first revision its state does not reflect yet.
+        let mut unfolded_from: Vec<StreamRevision> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         for event in events {
             if let Some(&i) = index.get(&event.stream_id) {
@@ -377,13 +385,11 @@ impl Runner {
                 .get(&event.stream_id)
                 .or_else(|| self.states.get(&event.stream_id));
             let state = match known {
-                Some(state) => Some(state.bytes.clone()),
-                None => self
-                    .module
-                    .state
-                    .stream_state(&event.stream_id)?
-                    .map(|s| s.bytes),
+                Some(state) => Some(state.clone()),
+                None => self.module.state.stream_state(&event.stream_id)?,
             };
+            unfolded_from.push(state.as_ref().map_or(0, |s| s.revision + 1));
+            let state = state.map(|s| s.bytes);
             index.insert(event.stream_id.clone(), batches.len());
             batches.push(StreamBatch {
                 stream_id: event.stream_id.clone(),
@@ -393,12 +399,13 @@ impl Runner {
         }
         let results = self.apply_in_parallel(&batches).map_err(Failure::Guest)?;
         let mut updated = Vec::with_capacity(batches.len());
-        for (batch, result) in batches.into_iter().zip(results) {
+        for ((batch, result), from) in batches.into_iter().zip(results).zip(unfolded_from) {
             let bytes = result.map_err(Failure::Rejected)?;
-            let first = batch.events.first().map_or(0, |e| e.revision);
             let revision = batch.events.last().map_or(0, |e| e.revision);
             let state = StreamState { revision, bytes };
-            if first / SNAPSHOT_EVERY != (revision + 1) / SNAPSHOT_EVERY {
+            // Snapshot when the revisions this call folded (wanted or not) cross a multiple
+            // of SNAPSHOT_EVERY, so that streams with unwanted events get snapshots too.
+            if from / SNAPSHOT_EVERY != (revision + 1) / SNAPSHOT_EVERY {
                 self.pending
                     .snapshots
                     .push((batch.stream_id.clone(), state.clone()));
@@ -431,6 +438,7 @@ impl Runner {
             .map_or(1, |i| i + 1)
             .clamp(1, batches.len() - 1);
         let (first, second) = batches.split_at(split);
+        self.sibling_used = Instant::now();
         let guest = &mut self.guest;
         let sibling = self.sibling.get_or_insert_with(|| guest.sibling());
         let (first, second) = std::thread::scope(|scope| {
@@ -446,6 +454,16 @@ impl Runner {
         let mut results = first?;
         results.extend(second?);
         Ok(results)
+    }
+
+    /// Caught up: large batches are over for now. The sibling instance (and its memory)
+    /// goes at the end of a rebuild, or once no large batch has come for a while; a burst
+    /// that follows makes it again.
+    fn release_idle_sibling(&mut self) {
+        let rebuilt = self.module.progress.borrow().status == Status::Rebuilding;
+        if rebuilt || self.sibling_used.elapsed() >= SIBLING_IDLE {
+            self.sibling = None;
+        }
     }
 
     fn process_projection(&mut self, events: &[Event]) -> Result<(), Failure> {
