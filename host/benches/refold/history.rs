@@ -5,12 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use refold::engine::{ModuleLimits, WasmEngine};
-use refold::modules::{Activation, ModuleRegistry, ModuleSettings, Point};
+use refold::modules::Point;
 use refold::store::{EventStore, ExpectedRevision, SledStore, StoreConfig, StreamName};
 use serde_json::json;
 
-use super::modules::{build_examples, proposed, repo_root};
+use super::modules::{build_examples, deploy_and_rebuild, open_registry, proposed, repo_root};
 
 const EVENTS: u64 = 100_000;
 /// Queries per point; the median is reported.
@@ -34,30 +33,8 @@ pub async fn run() {
             .await
             .expect("append");
     }
-    let engine = Arc::new(WasmEngine::new().expect("engine"));
-    let registry = ModuleRegistry::open(
-        engine,
-        store.clone(),
-        dir.path().join("compiled"),
-        ModuleLimits::default(),
-        2,
-    )
-    .expect("registry");
-    let deployed = registry
-        .deploy(
-            "bank-account",
-            &bank_wasm,
-            ModuleSettings::default(),
-            Activation::Auto,
-        )
-        .expect("deploy");
-    let head = store.head();
-    deployed
-        .module
-        .watch_progress()
-        .wait_for(|p| p.checkpoint >= head)
-        .await
-        .expect("the runner publishes progress");
+    let registry = open_registry(&store, dir.path());
+    deploy_and_rebuild(&registry, &store, "bank-account", &bank_wasm).await;
 
     let recorded_at = |revision: u64| {
         store

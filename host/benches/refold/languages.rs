@@ -9,10 +9,13 @@ use std::time::{Duration, Instant};
 
 use refold::engine::sandbox::GuestLog;
 use refold::engine::{Guest, ModuleLimits, WasmEngine};
-use refold::modules::{Activation, ModuleRegistry, ModuleSettings};
+use refold::modules::ModuleRegistry;
 use refold::store::{EventStore, SledStore, StoreConfig};
 
-use super::modules::{bank_event, build_examples_with, fill, order_event, repo_root};
+use super::modules::{
+    bank_event, build_examples_with, deploy_and_rebuild, fill, open_registry, order_event,
+    repo_root,
+};
 
 /// One example module: its folder, language and built file under `examples/dist/`.
 struct Example {
@@ -85,16 +88,9 @@ pub async fn run(events: u64) {
          module rebuilds alone, the rate counts the events it wants)"
     );
 
+    let registry = open_registry(&store, dir.path());
     let engine = Arc::new(WasmEngine::new().expect("engine"));
     let compiled_dir = dir.path().join("compiled");
-    let registry = ModuleRegistry::open(
-        engine.clone(),
-        store.clone(),
-        compiled_dir.clone(),
-        ModuleLimits::default(),
-        2,
-    )
-    .expect("registry");
     println!(
         "{:<18} {:<11} {:>9} {:>11} {:>11} {:>11} {:>13}",
         "module", "language", "size KiB", "deploy ms", "cached ms", "1st call ms", "rebuild ev/s"
@@ -142,23 +138,9 @@ async fn measure(
 ) -> Figures {
     // A deploy: componentize if needed, compile, check the world and imports, store the
     // bytes and the compiled form, start the runner.
-    let started = Instant::now();
-    let deployed = registry
-        .deploy(
-            example.name,
-            bytes,
-            ModuleSettings::default(),
-            Activation::Auto,
-        )
-        .unwrap_or_else(|err| panic!("deploying {}: {err}", example.name));
-    let deploy = started.elapsed();
-    let mut progress = deployed.module.watch_progress();
-    let head = store.head();
-    progress
-        .wait_for(|p| p.checkpoint >= head)
-        .await
-        .expect("the runner publishes progress");
-    let rebuild_rate = wanted as f64 / started.elapsed().saturating_sub(deploy).as_secs_f64();
+    let rebuilt = deploy_and_rebuild(registry, store, example.name, bytes).await;
+    let deployed = rebuilt.deployed;
+    let rebuild_rate = wanted as f64 / rebuilt.rebuild.as_secs_f64();
 
     // What a restart does instead of compiling: load the cached compiled form.
     let cached = compiled_dir.join(format!("{}.cwasm", deployed.module.version));
@@ -183,7 +165,7 @@ async fn measure(
     registry.remove(example.name).expect("remove");
     Figures {
         bytes: bytes.len(),
-        deploy,
+        deploy: rebuilt.deploy,
         cached_load,
         first_call,
         rebuild_rate,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use refold::engine::{ModuleLimits, WasmEngine};
 use refold::modules::state::{ModuleState, StreamState};
-use refold::modules::{Activation, ModuleRegistry, ModuleSettings};
+use refold::modules::{Activation, Deployed, ModuleRegistry, ModuleSettings};
 use refold::store::{
     EventStore, ExpectedRevision, ProposedEvent, SledStore, StoreConfig, StreamName,
 };
@@ -205,23 +205,62 @@ fn native_bank_fold(store: &SledStore, state: &ModuleState) -> u64 {
 /// Rebuild rounds of bank-account, each native then wasm.
 const REBUILD_ROUNDS: usize = 3;
 
+/// A module registry over `store`, with its compiled forms under `dir`.
+pub fn open_registry(store: &Arc<SledStore>, dir: &Path) -> Arc<ModuleRegistry> {
+    let engine = Arc::new(WasmEngine::new().expect("engine"));
+    ModuleRegistry::open(
+        engine,
+        store.clone(),
+        dir.join("compiled"),
+        ModuleLimits::default(),
+        2,
+    )
+    .expect("registry")
+}
+
+/// A deploy, timed: the `PUT` itself, then the rebuild up to the log's head.
+pub struct Rebuilt {
+    pub deployed: Deployed,
+    pub deploy: Duration,
+    pub rebuild: Duration,
+}
+
+/// Deploys `wasm` as `name` and waits until it has processed the log up to its head.
+pub async fn deploy_and_rebuild(
+    registry: &ModuleRegistry,
+    store: &SledStore,
+    name: &str,
+    wasm: &[u8],
+) -> Rebuilt {
+    let started = Instant::now();
+    let deployed = registry
+        .deploy(name, wasm, ModuleSettings::default(), Activation::Auto)
+        .unwrap_or_else(|err| panic!("deploying {name}: {err}"));
+    let deploy = started.elapsed();
+    let started = Instant::now();
+    let head = store.head();
+    deployed
+        .module
+        .watch_progress()
+        .wait_for(|p| p.checkpoint >= head)
+        .await
+        .expect("the runner publishes progress");
+    Rebuilt {
+        deployed,
+        deploy,
+        rebuild: started.elapsed(),
+    }
+}
+
 async fn rebuild(
     registry: &ModuleRegistry,
     store: &SledStore,
     name: &str,
     wasm: &[u8],
 ) -> Duration {
-    let deployed = registry
-        .deploy(name, wasm, ModuleSettings::default(), Activation::Auto)
-        .expect("deploy");
-    let started = Instant::now();
-    let mut progress = deployed.module.watch_progress();
-    let head = store.head();
-    progress
-        .wait_for(|p| p.checkpoint >= head)
+    deploy_and_rebuild(registry, store, name, wasm)
         .await
-        .expect("the runner publishes progress");
-    started.elapsed()
+        .rebuild
 }
 
 pub async fn rebuild_and_lag(events: u64, seconds: f64) {
@@ -243,15 +282,7 @@ pub async fn rebuild_and_lag(events: u64, seconds: f64) {
         filled.elapsed().as_secs_f64()
     );
 
-    let engine = Arc::new(WasmEngine::new().expect("engine"));
-    let registry = ModuleRegistry::open(
-        engine,
-        store.clone(),
-        dir.path().join("compiled"),
-        ModuleLimits::default(),
-        2,
-    )
-    .expect("registry");
+    let registry = open_registry(&store, dir.path());
     // Rounds alternate native and wasm, so that a noisy stretch of the machine hits both;
     // the best round of each is reported. The last wasm round stays deployed as
     // `bank-account` for the live-lag figure.
