@@ -395,3 +395,60 @@ async fn deployed_modules_come_back_after_a_restart_without_upload_or_recompilat
         "the compiled form was reused"
     );
 }
+
+#[tokio::test]
+async fn a_graceful_shutdown_mid_rebuild_keeps_the_checkpoint_it_reached() {
+    let mut server = Server::start().await;
+    const ACCOUNTS: u64 = 50;
+    const REQUESTS: u64 = 400;
+    for request in 0..REQUESTS {
+        let batch: Vec<_> = (0..1_000)
+            .map(|i| event("Deposited", json!({"amount": i})))
+            .collect();
+        let (status, body) = server
+            .post(
+                &format!("/streams/account-{}", request % ACCOUNTS),
+                &json!(batch),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let head = server.head().await;
+    server
+        .deploy("bank-account", example("bank-account.wasm"))
+        .await;
+    // Stop the server once the rebuild has committed part of the log.
+    let reached = loop {
+        let (_, body) = server.get("/projections/bank-account").await;
+        let position = body["position"].as_u64().unwrap_or(0);
+        if position > 0 {
+            break position;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    assert!(reached < head, "stopped mid-rebuild: {reached} of {head}");
+    assert!(server.terminate().success());
+
+    server.restart().await;
+    server.wait_caught_up("bank-account").await;
+    // After the restart the module processed at most what lay beyond the checkpoint it
+    // had reached before the shutdown: nothing committed was lost, nothing done twice.
+    let (_, details) = server.get("/projections/bank-account").await;
+    let processed = details["counters"]["events_processed"].as_u64().unwrap();
+    assert!(
+        processed <= head - reached,
+        "{processed} events processed after the restart; {} were left",
+        head - reached
+    );
+    let per_request: u64 = (0..1_000).sum();
+    for account in 0..ACCOUNTS {
+        let (_, body) = server
+            .get(&format!(
+                "/projections/bank-account/streams/account-{account}"
+            ))
+            .await;
+        let requests = REQUESTS / ACCOUNTS;
+        assert_eq!(body["state"]["balance"], requests * per_request);
+        assert_eq!(body["state"]["transactions"], requests * 1_000);
+    }
+}
