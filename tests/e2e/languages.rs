@@ -1,6 +1,7 @@
 //! Modules in other languages: the `bank-account` reducer written in JavaScript, Python and
 //! C, and the `order-summary` projection in JavaScript, deployed into one server beside their
-//! Rust originals, hold the same state as the Rust ones and as the independent model.
+//! Rust originals, hold the same state as the Rust ones and as the independent model, and
+//! pass `verify` (a rebuild gives the same state).
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -48,6 +49,13 @@ async fn modules_in_javascript_python_and_c_keep_the_same_state_as_rust_and_the_
     assert!(!expected.is_empty());
     for (name, _) in PROJECTIONS {
         assert_eq!(server.projection_state(name).await, expected, "{name}");
+    }
+    // Deterministic in every language: a rebuild into scratch space gives the same state.
+    for (name, _) in modules() {
+        let (status, verification) = server.action(name, "verify").await;
+        assert_eq!(status, StatusCode::OK, "{name}: {verification}");
+        assert_eq!(verification["matches"], true, "{name}: {verification}");
+        assert!(verification["compared"].as_u64().unwrap() > 0, "{name}");
     }
 }
 
