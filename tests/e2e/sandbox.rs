@@ -256,6 +256,77 @@ async fn the_skip_policy_dead_letters_failing_events_and_carries_on() {
     );
 }
 
+#[tokio::test]
+async fn a_failure_deep_in_a_rebuild_is_found_and_nothing_around_it_is_lost() {
+    let server = Server::start().await;
+    // 10,000 deposits over 10 accounts, in requests of 500, with one bad amount deep in
+    // the log: a rebuild reaches it several guest calls past its last commit.
+    const ACCOUNTS: u64 = 10;
+    const BAD: u64 = 7_777;
+    for request in 0..20u64 {
+        let batch: Vec<Value> = (0..500)
+            .map(|i| {
+                let position = request * 500 + i;
+                let amount = if position == BAD {
+                    json!("x")
+                } else {
+                    json!(1)
+                };
+                event("Deposited", json!({ "amount": amount }))
+            })
+            .collect();
+        let (status, body) = server
+            .post(
+                &format!("/streams/account-{}", request % ACCOUNTS),
+                &json!(batch),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, body) = server
+        .deploy("bank-account?on_error=skip", example("bank-account.wasm"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    server.wait_caught_up("bank-account").await;
+
+    let (_, letters) = server.get("/projections/bank-account/dead-letters").await;
+    let positions: Vec<u64> = letters["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(positions, [BAD], "{letters}");
+    for account in 0..ACCOUNTS {
+        let (_, body) = server
+            .get(&format!(
+                "/projections/bank-account/streams/account-{account}"
+            ))
+            .await;
+        // Two requests of 500 per account; the bad event was in account 5's second.
+        let expected = if account == (BAD / 500) % ACCOUNTS {
+            999
+        } else {
+            1_000
+        };
+        assert_eq!(
+            body["state"]["balance"], expected,
+            "account-{account}: {body}"
+        );
+        assert_eq!(body["state"]["transactions"], expected);
+    }
+    // Under `halt` the module stops exactly there, with everything before it applied.
+    let (status, body) = server
+        .deploy("bank-account-halt", example("bank-account.core.wasm"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let body = server
+        .wait_module("bank-account-halt", "faulted", is_faulted)
+        .await;
+    assert_eq!(body["fault"]["position"], BAD, "{body}");
+    assert_eq!(body["position"], BAD, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn operator_actions_are_safe_while_appends_continue() {
     let mut server = Server::start().await;

@@ -22,14 +22,14 @@ const AHEAD: usize = 2;
 /// One batch: the wanted events, and the position scanning stopped at.
 pub(super) type Batch = Result<(Vec<Event>, GlobalPosition), StoreError>;
 
-/// The wanted events in `from..durable` (within the batch limits, unless `unbounded`).
+/// The wanted events at the start of `from..durable`, within the batch limits, and the
+/// position scanning stopped at (where the next batch starts).
 pub(super) fn collect(
     store: &SledStore,
     filter: &EventFilter,
     skip: &BTreeSet<GlobalPosition>,
     from: GlobalPosition,
     durable: GlobalPosition,
-    unbounded: bool,
 ) -> Batch {
     let mut events = Vec::new();
     let mut scanned = 0;
@@ -38,7 +38,7 @@ pub(super) fn collect(
         if filter.matches(event.stream, event.event_type) && !skip.contains(&event.position) {
             events.push(super::runner::to_guest_event(&event));
         }
-        unbounded || (events.len() < MAX_BATCH_EVENTS && scanned < MAX_SCAN_EVENTS)
+        events.len() < MAX_BATCH_EVENTS && scanned < MAX_SCAN_EVENTS
     })?;
     Ok((events, scanned_to))
 }
@@ -136,7 +136,7 @@ fn read_ahead(
             }
             continue;
         }
-        let batch = collect(store, filter, skip, from, durable, false);
+        let batch = collect(store, filter, skip, from, durable);
         if let Ok((_, scanned_to)) = &batch {
             from = *scanned_to;
         }

@@ -264,7 +264,7 @@ impl Runner {
                     self.commit().map_err(|f| self.fault_from(None, f))?;
                     return Ok(());
                 }
-                self.collect(&filter, self.pending.next, durable, false)
+                self.collect(&filter, self.pending.next, durable)
             };
             let (events, scanned_to) = batch.map_err(|err| {
                 self.make_fault(
@@ -317,16 +317,8 @@ impl Runner {
         filter: &EventFilter,
         from: GlobalPosition,
         durable: GlobalPosition,
-        unbounded: bool,
     ) -> Result<(Vec<Event>, GlobalPosition), crate::store::StoreError> {
-        prefetch::collect(
-            &self.store,
-            filter,
-            &self.options.skip,
-            from,
-            durable,
-            unbounded,
-        )
+        prefetch::collect(&self.store, filter, &self.options.skip, from, durable)
     }
 
     /// Commits the pending changes with the checkpoint they reach, and publishes it.
@@ -486,22 +478,33 @@ impl Runner {
         Ok(())
     }
 
-    /// After a failed batch: the same events one at a time, each committed, to find the
-    /// exact event that fails; then the policy decides.
+    /// After a failed batch: every uncommitted event up to `until` again, one at a time,
+    /// each committed, to find the exact event that fails; then the policy decides.
     fn replay_one_by_one(
         &mut self,
         filter: &EventFilter,
         until: GlobalPosition,
     ) -> Result<(), Fault> {
-        let (singles, _) = self
-            .collect(filter, self.checkpoint, until, false)
-            .map_err(|err| {
+        // Read in batches: what failed may be many batches past the checkpoint.
+        let mut from = self.checkpoint;
+        while from < until {
+            let (singles, scanned_to) = self.collect(filter, from, until).map_err(|err| {
                 self.make_fault(
                     None,
                     GuestErrorKind::Contract,
                     format!("reading the log failed: {err}"),
                 )
             })?;
+            self.fold_one_by_one(singles)?;
+            from = scanned_to;
+        }
+        self.pending.next = until;
+        self.commit().map_err(|f| self.fault_from(None, f))
+    }
+
+    /// Folds `singles` one call and one commit each; a failing event faults the module
+    /// (`halt`) or is dead-lettered (`skip`).
+    fn fold_one_by_one(&mut self, singles: Vec<Event>) -> Result<(), Fault> {
         for event in singles {
             let position = event.position;
             let (id, stream, event_type) = (
@@ -555,8 +558,7 @@ impl Runner {
                 }
             }
         }
-        self.pending.next = until;
-        self.commit().map_err(|f| self.fault_from(None, f))
+        Ok(())
     }
 
     fn record_batch(&self, events: u64, started: Instant) {
