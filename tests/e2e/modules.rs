@@ -414,18 +414,18 @@ async fn a_graceful_shutdown_mid_rebuild_keeps_the_checkpoint_it_reached() {
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
     let head = server.head().await;
-    server
+    let (status, body) = server
         .deploy("bank-account", example("bank-account.wasm"))
         .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     // Stop the server once the rebuild has committed part of the log.
-    let reached = loop {
-        let (_, body) = server.get("/projections/bank-account").await;
-        let position = body["position"].as_u64().unwrap_or(0);
-        if position > 0 {
-            break position;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    };
+    let body = server
+        .wait_module("bank-account", "part-way", |body| {
+            assert_ne!(body["status"], "faulted", "{body}");
+            body["position"].as_u64().is_some_and(|p| p > 0)
+        })
+        .await;
+    let reached = body["position"].as_u64().unwrap();
     assert!(reached < head, "stopped mid-rebuild: {reached} of {head}");
     assert!(server.terminate().success());
 

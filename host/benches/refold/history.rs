@@ -57,14 +57,15 @@ pub async fn run() {
         Point::At(recorded_at(75_000)),
     ));
     println!(
-        "{:<52} {:>10} {:>14}",
+        "{:<44} {:>9} {:>8} {:>16}",
         format!("past state of a {EVENTS}-event stream"),
+        "revision",
         "ms",
         "events replayed"
     );
     for (label, point) in points {
         let mut took = Vec::new();
-        let mut replayed = 0;
+        let (mut replayed, mut revision) = (0, 0);
         for _ in 0..REPEATS {
             let started = Instant::now();
             let past = registry
@@ -72,13 +73,14 @@ pub async fn run() {
                 .expect("replay")
                 .expect("a state");
             took.push(started.elapsed());
-            replayed = past.replayed;
+            (replayed, revision) = (past.replayed, past.revision);
         }
         took.sort();
         let median: Duration = took[REPEATS / 2];
         println!(
-            "{:<52} {:>10.2} {:>14}",
+            "{:<44} {:>9} {:>8.2} {:>16}",
             format!("  {label}"),
+            revision,
             median.as_secs_f64() * 1e3,
             replayed
         );

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use refold::engine::{ModuleLimits, WasmEngine};
 use refold::modules::state::{ModuleState, StreamState};
-use refold::modules::{Activation, Deployed, ModuleRegistry, ModuleSettings};
+use refold::modules::{Activation, Deployed, ModuleRegistry, ModuleSettings, Status};
 use refold::store::{
     EventStore, ExpectedRevision, ProposedEvent, SledStore, StoreConfig, StreamName,
 };
@@ -239,12 +239,18 @@ pub async fn deploy_and_rebuild(
     let deploy = started.elapsed();
     let started = Instant::now();
     let head = store.head();
-    deployed
+    let progress = deployed
         .module
         .watch_progress()
-        .wait_for(|p| p.checkpoint >= head)
+        .wait_for(|p| p.checkpoint >= head || p.status == Status::Faulted)
         .await
-        .expect("the runner publishes progress");
+        .expect("the runner publishes progress")
+        .clone();
+    assert!(
+        progress.status != Status::Faulted,
+        "{name} faulted: {:?}",
+        progress.fault
+    );
     Rebuilt {
         deployed,
         deploy,

@@ -27,8 +27,9 @@ pub struct PastState {
     pub revision: StreamRevision,
     /// The module's state bytes after that event.
     pub bytes: Vec<u8>,
-    /// How many events were fed through the module to answer: at most the snapshot
-    /// interval, however long the stream.
+    /// How many events were fed through the module to answer, however long the stream:
+    /// fewer than 3,000, as a snapshot is taken at the end of every guest call (of at most
+    /// 2,000 events) that folds past a multiple of 1,000 revisions.
     pub replayed: u64,
 }
 

@@ -5,8 +5,9 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use super::RunnerControl;
 use crate::engine::bindings::Event;
@@ -93,6 +94,15 @@ impl Prefetch {
     /// Blocks until a batch is ready or the reader stops.
     pub(super) fn next(&self) -> Next {
         self.batches.recv().map_or(Next::Stopped, Next::Batch)
+    }
+
+    /// As [`Prefetch::next`], but gives up after `timeout` with [`Next::Empty`].
+    pub(super) fn next_within(&self, timeout: Duration) -> Next {
+        match self.batches.recv_timeout(timeout) {
+            Ok(batch) => Next::Batch(batch),
+            Err(RecvTimeoutError::Timeout) => Next::Empty,
+            Err(RecvTimeoutError::Disconnected) => Next::Stopped,
+        }
     }
 }
 

@@ -249,7 +249,17 @@ impl Runner {
                         self.publish(Some(Status::Running));
                         self.flush_if_due(true);
                     }
-                    next = reader.next();
+                    next = match self.sibling_time_left() {
+                        Some(left) => match reader.next_within(left) {
+                            Next::Empty => {
+                                // Idle long enough: the sibling's memory goes back.
+                                self.sibling = None;
+                                reader.next()
+                            }
+                            other => other,
+                        },
+                        None => reader.next(),
+                    };
                 }
                 match next {
                     Next::Batch(batch) => batch,
@@ -456,6 +466,13 @@ impl Runner {
         if rebuilt || self.sibling_used.elapsed() >= SIBLING_IDLE {
             self.sibling = None;
         }
+    }
+
+    /// How long the sibling instance may still go unused; `None` without one.
+    fn sibling_time_left(&self) -> Option<Duration> {
+        self.sibling
+            .as_ref()
+            .map(|_| SIBLING_IDLE.saturating_sub(self.sibling_used.elapsed()))
     }
 
     fn process_projection(&mut self, events: &[Event]) -> Result<(), Failure> {
