@@ -212,9 +212,12 @@ impl ModuleRegistry {
             .iter()
             .map(|v| self.make_version(&record.name, v))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        if let (Some(candidate), Activation::Auto) = (&candidate, record.activation) {
-            self.watch_candidate(candidate.clone());
-        }
+        // The entry goes in before the watcher starts: a watcher that finds no entry
+        // takes the candidate for gone and never promotes it.
+        let watch = match (&candidate, record.activation) {
+            (Some(candidate), Activation::Auto) => Some(candidate.clone()),
+            _ => None,
+        };
         self.modules.write().insert(
             record.name.clone(),
             ModuleEntry {
@@ -226,6 +229,9 @@ impl ModuleRegistry {
                 paused,
             },
         );
+        if let Some(candidate) = watch {
+            self.watch_candidate(candidate);
+        }
         Ok(())
     }
 

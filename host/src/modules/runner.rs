@@ -448,6 +448,8 @@ impl Runner {
             (guest.apply(first), second.join())
         });
         let second = second.map_err(|_| {
+            // Whatever that instance was doing, it is not used again.
+            self.sibling = None;
             GuestError::new(
                 GuestErrorKind::Trap,
                 "the second instance's thread panicked",

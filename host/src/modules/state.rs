@@ -204,12 +204,18 @@ impl ModuleState {
         }))
     }
 
-    /// Drops everything: state, checkpoint and dead letters.
+    /// Drops everything: state, checkpoint and dead letters, in one atomic batch (sled's
+    /// own `clear` removes key by key, so a crash midway could leave a checkpoint of 0
+    /// beside states that already hold events, and they would be folded again).
     ///
     /// # Errors
     /// Storage failures.
     pub fn clear(&self) -> sled::Result<()> {
-        self.tree.clear()
+        let mut batch = KeyBatch::default();
+        for key in self.tree.iter().keys() {
+            batch.remove(key?);
+        }
+        batch.apply(&self.tree)
     }
 }
 
@@ -316,11 +322,12 @@ impl StateStore for KvOverlay {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, String> {
-        // Merge committed values with this call's writes, in key order.
-        let after = |k: &str| start_after.is_none_or(|a| k > a);
-        let mut merged: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+        // Committed keys come in pages, merged with this call's writes in key order. The
+        // merge is certain only up to the last committed key read: a write beyond it may
+        // sort after committed keys not read yet. So pages are read until `limit` live
+        // keys lie within that bound, or no committed key is left.
+        let mut committed: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let mut from = start_after.map(str::to_owned);
-        // Committed keys come in pages until enough survive the overlay.
         loop {
             let (page, _) = self
                 .state
@@ -328,29 +335,48 @@ impl StateStore for KvOverlay {
                 .map_err(storage)?;
             let done = page.len() <= limit;
             for (key, value) in page {
-                if after(&key) {
+                if start_after.is_none_or(|a| key.as_str() > a) {
                     from = Some(key.clone());
-                    merged.entry(key).or_insert(Some(value));
+                    committed.insert(key, value);
                 }
             }
-            let live = merged.values().filter(|v| v.is_some()).count();
-            if done || live >= limit {
-                break;
+            let bound = if done { None } else { from.as_deref() };
+            let merged = self.merge(prefix, start_after, bound, &committed, limit);
+            if done || merged.len() >= limit {
+                return Ok(merged);
             }
         }
+    }
+}
+
+impl KvOverlay {
+    /// The first `limit` live keys under `prefix` after `start_after` and up to `bound`
+    /// (inclusive; `None`: no bound): `committed` with this call's writes applied.
+    fn merge(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        bound: Option<&str>,
+        committed: &BTreeMap<String, Vec<u8>>,
+        limit: usize,
+    ) -> Vec<(String, Vec<u8>)> {
+        let mut merged: BTreeMap<&str, Option<&Vec<u8>>> = committed
+            .iter()
+            .map(|(key, value)| (key.as_str(), Some(value)))
+            .collect();
         for (key, value) in self.writes.range(prefix.to_owned()..) {
-            if !key.starts_with(prefix) {
+            if !key.starts_with(prefix) || bound.is_some_and(|b| key.as_str() > b) {
                 break;
             }
-            if after(key) {
-                merged.insert(key.clone(), value.clone());
+            if start_after.is_none_or(|a| key.as_str() > a) {
+                merged.insert(key, value.as_ref());
             }
         }
-        Ok(merged
+        merged
             .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .filter_map(|(key, value)| value.map(|v| (key.to_owned(), v.clone())))
             .take(limit)
-            .collect())
+            .collect()
     }
 }
 
@@ -409,5 +435,29 @@ mod tests {
         assert!(overlay.put("bad".into(), b"not json".to_vec()).is_err());
         // Nothing reached the tree.
         assert_eq!(state.value("a/3").unwrap(), Some(b"3".to_vec()));
+    }
+
+    #[test]
+    fn a_scan_skips_no_committed_key_when_the_call_deleted_some_and_wrote_past_them() {
+        let state = state();
+        let mut overlay = KvOverlay::new(state.clone(), 100);
+        for i in 1..=20 {
+            overlay.put(format!("a/{i:02}"), b"1".to_vec()).unwrap();
+        }
+        overlay.into_changes().commit(&state, 1).unwrap();
+        let mut overlay = KvOverlay::new(state.clone(), 100);
+        for i in 1..=10 {
+            overlay.delete(format!("a/{i:02}")).unwrap();
+        }
+        overlay.put("a/99".into(), b"2".to_vec()).unwrap();
+        let keys = |overlay: &mut KvOverlay, after: Option<&str>| -> Vec<String> {
+            let page = overlay.scan("a/", after, 10).unwrap();
+            page.into_iter().map(|(k, _)| k).collect()
+        };
+        let first = keys(&mut overlay, None);
+        let expected: Vec<String> = (11..=20).map(|i| format!("a/{i:02}")).collect();
+        assert_eq!(first, expected);
+        assert_eq!(keys(&mut overlay, Some("a/20")), ["a/99"]);
+        assert_eq!(keys(&mut overlay, Some("a/99")), Vec::<String>::new());
     }
 }
