@@ -882,11 +882,24 @@ impl ModuleRegistry {
     /// # Errors
     /// [`ModuleError::NotFound`], or storage failures.
     pub fn verify(&self, name: &str) -> Result<Verification, ModuleError> {
+        // The long part, the rebuild up to the live checkpoint, runs while the module keeps
+        // going and queries are served; only the last stretch, up to where the stopped
+        // module stands, and the comparison hold the registry.
+        let module = self
+            .get(name)
+            .ok_or_else(|| ModuleError::NotFound(name.to_owned()))?;
+        let mut scratch = verify::Scratch::new(self, &module)?;
+        scratch.rebuild_to(self, &module, module.state.checkpoint()?)?;
         self.operate(name, |registry, entry| {
             let module = entry.current.clone();
+            if module.version != scratch.version() {
+                return Err(ModuleError::Conflict(
+                    "a new version became current while verifying; verify it again".into(),
+                ));
+            }
             let was_running = module.is_running();
             module.stop_runner();
-            let result = verify::verify(registry, &module);
+            let result = scratch.finish(registry, &module);
             if was_running && module.progress().status != Status::Faulted {
                 registry.spawn_runner(&module)?;
             }

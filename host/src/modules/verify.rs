@@ -77,46 +77,107 @@ pub(super) fn rebuild_until(
     })
 }
 
-pub(super) fn verify(
-    registry: &ModuleRegistry,
-    module: &Arc<DeployedModule>,
-) -> Result<Verification, ModuleError> {
-    let position = module.state.checkpoint()?;
-    let (letters, _) = module.state.dead_letters(0, usize::MAX)?;
-    let skip: BTreeSet<u64> = letters.iter().map(|l| l.position).collect();
-    let tree_name = format!("scratch/{}/{}", module.name, uuid::Uuid::new_v4());
-    let db = registry.store.db();
-    let scratch = ModuleState::new(db.open_tree(&tree_name)?);
-    let copy = Arc::new(DeployedModule::new(
-        module.name.clone(),
-        module.version.clone(),
-        module.deployed_at.clone(),
-        module.size_bytes,
-        module.settings.clone(),
-        &module.limits,
-        scratch.clone(),
-        module.compiled.clone(),
-        Progress {
-            checkpoint: 0,
-            status: Status::Rebuilding,
-            fault: None,
-        },
-    ));
-    let started = Instant::now();
-    let rebuild_error = rebuild_until(registry, &copy, position, skip);
-    let rebuild_ms = started.elapsed().as_millis() as u64;
-    let outcome = compare(&module.state, &scratch, 0);
-    let _ = db.drop_tree(&tree_name);
-    let comparison = outcome?;
-    Ok(Verification {
-        matches: comparison.differences() == 0 && rebuild_error.is_none(),
-        position,
-        compared: comparison.compared,
-        differences: comparison.differences(),
-        first_difference: comparison.first,
-        rebuild_error,
-        rebuild_ms,
-    })
+/// A rebuild of a module from position 0 into a scratch tree (dropped with it), to be
+/// compared with the live state.
+pub(super) struct Scratch {
+    copy: Arc<DeployedModule>,
+    db: sled::Db,
+    tree_name: String,
+    rebuild_ms: u64,
+    rebuild_error: Option<String>,
+}
+
+impl Scratch {
+    pub(super) fn new(
+        registry: &ModuleRegistry,
+        module: &Arc<DeployedModule>,
+    ) -> Result<Self, ModuleError> {
+        let tree_name = format!("scratch/{}/{}", module.name, uuid::Uuid::new_v4());
+        let db = registry.store.db().clone();
+        let scratch = ModuleState::new(db.open_tree(&tree_name)?);
+        let copy = Arc::new(DeployedModule::new(
+            module.name.clone(),
+            module.version.clone(),
+            module.deployed_at.clone(),
+            module.size_bytes,
+            module.settings.clone(),
+            &module.limits,
+            scratch,
+            module.compiled.clone(),
+            Progress {
+                checkpoint: 0,
+                status: Status::Rebuilding,
+                fault: None,
+            },
+        ));
+        Ok(Self {
+            copy,
+            db,
+            tree_name,
+            rebuild_ms: 0,
+            rebuild_error: None,
+        })
+    }
+
+    /// The version being rebuilt.
+    pub(super) fn version(&self) -> &str {
+        &self.copy.version
+    }
+
+    /// Folds the log into the scratch state from where it stands up to `to`, stepping
+    /// over `module`'s dead letters.
+    pub(super) fn rebuild_to(
+        &mut self,
+        registry: &ModuleRegistry,
+        module: &DeployedModule,
+        to: u64,
+    ) -> Result<(), ModuleError> {
+        if self.rebuild_error.is_some() {
+            return Ok(());
+        }
+        let (letters, _) = module.state.dead_letters(0, usize::MAX)?;
+        let skip: BTreeSet<u64> = letters.iter().map(|l| l.position).collect();
+        let started = Instant::now();
+        self.rebuild_error = rebuild_until(registry, &self.copy, to, skip);
+        self.rebuild_ms += started.elapsed().as_millis() as u64;
+        Ok(())
+    }
+
+    /// With `module` stopped: the last stretch of the rebuild, up to its checkpoint, and
+    /// the comparison.
+    ///
+    /// # Errors
+    /// [`ModuleError::Conflict`] if the module went back (a reset) since the rebuild
+    /// started; storage failures.
+    pub(super) fn finish(
+        mut self,
+        registry: &ModuleRegistry,
+        module: &DeployedModule,
+    ) -> Result<Verification, ModuleError> {
+        let position = module.state.checkpoint()?;
+        if self.copy.state.checkpoint()? > position {
+            return Err(ModuleError::Conflict(
+                "the module was reset while it was being verified; verify it again".into(),
+            ));
+        }
+        self.rebuild_to(registry, module, position)?;
+        let comparison = compare(&module.state, &self.copy.state, 0)?;
+        Ok(Verification {
+            matches: comparison.differences() == 0 && self.rebuild_error.is_none(),
+            position,
+            compared: comparison.compared,
+            differences: comparison.differences(),
+            first_difference: comparison.first,
+            rebuild_error: self.rebuild_error.take(),
+            rebuild_ms: self.rebuild_ms,
+        })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = self.db.drop_tree(&self.tree_name);
+    }
 }
 
 /// How one version's state differs from another's.
