@@ -327,6 +327,47 @@ async fn a_failure_deep_in_a_rebuild_is_found_and_nothing_around_it_is_lost() {
     assert_eq!(body["position"], BAD, "{body}");
 }
 
+#[tokio::test]
+async fn new_settings_for_a_paused_module_leave_it_paused() {
+    let mut server = Server::start().await;
+    server
+        .deploy("bank-account", example("bank-account.wasm"))
+        .await;
+    let (status, _) = server.action("bank-account", "pause").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = server
+        .deploy("bank-account?memory_mb=64", example("bank-account.wasm"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = server
+        .post(
+            "/streams/account-1",
+            &event("Deposited", json!({"amount": 5})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, details) = server.get("/projections/bank-account").await;
+    assert_eq!(details["status"], "paused", "{details}");
+    assert_eq!(
+        details["position"], 0,
+        "a paused module does not move: {details}"
+    );
+    server.terminate();
+    server.restart().await;
+    let (_, details) = server.get("/projections/bank-account").await;
+    assert_eq!(
+        details["status"], "paused",
+        "still paused after a restart: {details}"
+    );
+    let (status, _) = server.action("bank-account", "resume").await;
+    assert_eq!(status, StatusCode::OK);
+    server.wait_caught_up("bank-account").await;
+    let (_, body) = server
+        .get("/projections/bank-account/streams/account-1")
+        .await;
+    assert_eq!(body["state"]["balance"], 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn operator_actions_are_safe_while_appends_continue() {
     let mut server = Server::start().await;

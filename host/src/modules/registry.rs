@@ -524,11 +524,16 @@ impl ModuleRegistry {
         };
         entry.activation = activation;
         if entry.current.version == version {
-            // New settings for the current version: restart it, keeping its state.
+            // New settings for the current version: restart it, keeping its state (and
+            // leave it paused if an operator paused it).
             let module = self.version_from(name, &record, compiled)?;
             entry.current.stop_runner();
             entry.current.mark_retired();
-            self.spawn_runner(&module)?;
+            if entry.paused.contains(&version) {
+                module.set_status(Status::Paused, None);
+            } else {
+                self.spawn_runner(&module)?;
+            }
             entry.current = module.clone();
             self.save_entry(name, entry)?;
             return Ok(Deployed {
