@@ -172,6 +172,13 @@ impl Server {
         decode(response).await
     }
 
+    /// Appends `events` (an event or an array) to `stream`, which must succeed; the ack.
+    pub async fn append_ok(&self, stream: &str, events: &Value) -> Value {
+        let (status, ack) = self.post(&format!("/streams/{stream}"), events).await;
+        assert_eq!(status, StatusCode::CREATED, "appending to {stream}: {ack}");
+        ack
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
         self.post_raw(path, serde_json::to_vec(body).expect("JSON"))
             .await

@@ -290,6 +290,35 @@ impl KvOverlay {
         }
         changes
     }
+
+    /// The first `limit` live keys under `prefix` after `start_after` and up to `bound`
+    /// (inclusive; `None`: no bound): `committed` with this call's writes applied.
+    fn merge(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        bound: Option<&str>,
+        committed: &BTreeMap<String, Vec<u8>>,
+        limit: usize,
+    ) -> Vec<(String, Vec<u8>)> {
+        let mut merged: BTreeMap<&str, Option<&Vec<u8>>> = committed
+            .iter()
+            .map(|(key, value)| (key.as_str(), Some(value)))
+            .collect();
+        for (key, value) in self.writes.range(prefix.to_owned()..) {
+            if !key.starts_with(prefix) || bound.is_some_and(|b| key.as_str() > b) {
+                break;
+            }
+            if start_after.is_none_or(|a| key.as_str() > a) {
+                merged.insert(key, value.as_ref());
+            }
+        }
+        merged
+            .into_iter()
+            .filter_map(|(key, value)| value.map(|v| (key.to_owned(), v.clone())))
+            .take(limit)
+            .collect()
+    }
 }
 
 fn storage(err: sled::Error) -> String {
@@ -346,37 +375,6 @@ impl StateStore for KvOverlay {
                 return Ok(merged);
             }
         }
-    }
-}
-
-impl KvOverlay {
-    /// The first `limit` live keys under `prefix` after `start_after` and up to `bound`
-    /// (inclusive; `None`: no bound): `committed` with this call's writes applied.
-    fn merge(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        bound: Option<&str>,
-        committed: &BTreeMap<String, Vec<u8>>,
-        limit: usize,
-    ) -> Vec<(String, Vec<u8>)> {
-        let mut merged: BTreeMap<&str, Option<&Vec<u8>>> = committed
-            .iter()
-            .map(|(key, value)| (key.as_str(), Some(value)))
-            .collect();
-        for (key, value) in self.writes.range(prefix.to_owned()..) {
-            if !key.starts_with(prefix) || bound.is_some_and(|b| key.as_str() > b) {
-                break;
-            }
-            if start_after.is_none_or(|a| key.as_str() > a) {
-                merged.insert(key, value.as_ref());
-            }
-        }
-        merged
-            .into_iter()
-            .filter_map(|(key, value)| value.map(|v| (key.to_owned(), v.clone())))
-            .take(limit)
-            .collect()
     }
 }
 
