@@ -216,6 +216,31 @@ impl DeployedModule {
         }
     }
 
+    /// This module's code and settings over another state tree, starting from position
+    /// 0: the scratch rebuild of `verify`, or a replay.
+    fn rebuilding_copy(
+        &self,
+        version: String,
+        deployed_at: String,
+        state: ModuleState,
+    ) -> Arc<Self> {
+        Arc::new(Self::new(
+            self.name.clone(),
+            version,
+            deployed_at,
+            self.size_bytes,
+            self.settings.clone(),
+            &self.limits,
+            state,
+            self.compiled.clone(),
+            Progress {
+                checkpoint: 0,
+                status: Status::Rebuilding,
+                fault: None,
+            },
+        ))
+    }
+
     pub fn progress(&self) -> Progress {
         self.progress.borrow().clone()
     }

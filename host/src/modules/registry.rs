@@ -663,21 +663,7 @@ impl ModuleRegistry {
         let current = self.resolve(name, None)?;
         let id = format!("replay-{}", uuid::Uuid::new_v4().simple());
         let tree = self.store.db().open_tree(state_tree_name(name, &id))?;
-        let replay = Arc::new(DeployedModule::new(
-            name.to_owned(),
-            id,
-            now_rfc3339(),
-            current.size_bytes,
-            current.settings.clone(),
-            &self.defaults,
-            ModuleState::new(tree),
-            current.compiled.clone(),
-            Progress {
-                checkpoint: 0,
-                status: Status::Rebuilding,
-                fault: None,
-            },
-        ));
+        let replay = current.rebuilding_copy(id, now_rfc3339(), ModuleState::new(tree));
         let to = to.min(self.store.head());
         let (letters, _) = current.state.dead_letters(0, usize::MAX)?;
         let failure = verify::rebuild_until(

@@ -13,9 +13,7 @@ use serde_json::Value;
 
 use super::runner::{Runner, RunnerOptions};
 use super::state::{ModuleState, StateEntry, describe_entry_key};
-use super::{
-    DeployedModule, FaultPolicy, ModuleError, ModuleRegistry, Progress, RunnerControl, Status,
-};
+use super::{DeployedModule, FaultPolicy, ModuleError, ModuleRegistry, RunnerControl};
 
 /// The outcome of a verification.
 #[derive(Debug, Serialize)]
@@ -95,21 +93,8 @@ impl Scratch {
         let tree_name = format!("scratch/{}/{}", module.name, uuid::Uuid::new_v4());
         let db = registry.store.db().clone();
         let scratch = ModuleState::new(db.open_tree(&tree_name)?);
-        let copy = Arc::new(DeployedModule::new(
-            module.name.clone(),
-            module.version.clone(),
-            module.deployed_at.clone(),
-            module.size_bytes,
-            module.settings.clone(),
-            &module.limits,
-            scratch,
-            module.compiled.clone(),
-            Progress {
-                checkpoint: 0,
-                status: Status::Rebuilding,
-                fault: None,
-            },
-        ));
+        let copy =
+            module.rebuilding_copy(module.version.clone(), module.deployed_at.clone(), scratch);
         Ok(Self {
             copy,
             db,
