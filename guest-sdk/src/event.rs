@@ -103,8 +103,86 @@ impl Event {
     }
 
     /// When the server recorded the event, in microseconds since the Unix epoch.
+    ///
+    /// This is the module's "now". Inside a module WASI's clocks are frozen: the wall clock
+    /// always reads the Unix epoch and the monotonic clock always reads 0, so
+    /// `SystemTime::now()` is 1970-01-01 and no time passes. The recording time is part of
+    /// the event, so a replay sees the same one:
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    ///
+    /// let event = refold_guest::Event::new("order-7", "OrderPlaced", "{}")
+    ///     .with_recorded_at_micros(1_700_000_000_000_000);
+    /// let now: SystemTime = UNIX_EPOCH + Duration::from_micros(event.recorded_at_micros());
+    /// assert_eq!(now, UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    /// ```
     pub fn recorded_at_micros(&self) -> u64 {
         self.raw.recorded_at
+    }
+
+    /// A 64-bit value of this event's own, the same every time the event is handled: the
+    /// seed of [`random`](Self::random).
+    ///
+    /// Inside a module WASI's randomness is constant (every draw returns the same bytes),
+    /// so that a replay of the same events yields the same state. A random-looking value
+    /// must therefore come from the event itself. Different events (different ids or
+    /// positions) give different seeds, except by a 64-bit coincidence.
+    ///
+    /// The derivation is part of this crate's contract and will not change between its
+    /// versions, since state written with it must survive an upgrade of the SDK. With
+    /// wrapping (mod 2^64) arithmetic and `id` as the UTF-8 bytes of [`id`](Self::id):
+    ///
+    /// ```text
+    /// seed = splitmix64(fnv1a64(id) ^ position)
+    ///
+    /// fnv1a64(bytes):  h = 0xcbf29ce484222325
+    ///                  for each byte b: h = (h ^ b) * 0x100000001b3
+    /// splitmix64(x):   z = x + 0x9e3779b97f4a7c15
+    ///                  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+    ///                  z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+    ///                  z ^ (z >> 31)
+    /// ```
+    ///
+    /// ```
+    /// use refold_guest::Event;
+    ///
+    /// let event = Event::new("order-7", "OrderPlaced", "{}")
+    ///     .with_id("5f0c1e2a-8d3b-4c6e-9a7f-0b1c2d3e4f50")
+    ///     .with_position(42);
+    /// assert_eq!(event.seed(), 0x7c5e_6aad_20b1_200b);
+    /// assert_eq!(event.seed(), event.clone().seed());
+    /// ```
+    pub fn seed(&self) -> u64 {
+        splitmix64(fnv1a64(self.raw.id.as_bytes()) ^ self.raw.position)
+    }
+
+    /// The `n`th value (from 0) of this event's random stream: a SplitMix64 generator
+    /// whose state starts at [`seed`](Self::seed). The same event gives the same values in
+    /// every replay, in any instance, however the events are batched.
+    ///
+    /// Give each use its own `n` (`0` for a discount, `1` for a sample, ...) so that they
+    /// are independent of each other. Exactly, with the functions of [`seed`](Self::seed):
+    ///
+    /// ```text
+    /// random(n) = splitmix64(seed + n * 0x9e3779b97f4a7c15)
+    /// ```
+    ///
+    /// ```
+    /// use refold_guest::Event;
+    ///
+    /// let event = Event::new("draw-1", "Drawn", "{}")
+    ///     .with_id("5f0c1e2a-8d3b-4c6e-9a7f-0b1c2d3e4f50")
+    ///     .with_position(42);
+    /// assert_eq!(event.random(0), 0x78de_bb20_d665_d1ae);
+    /// assert_eq!(event.random(1), 0xfac5_1a8e_5ef5_1cea);
+    ///
+    /// // A die roll, one of 1..=6, the same whenever this event is replayed.
+    /// let roll = 1 + event.random(0) % 6;
+    /// assert!((1..=6).contains(&roll));
+    /// ```
+    pub fn random(&self, n: u64) -> u64 {
+        splitmix64(self.seed().wrapping_add(n.wrapping_mul(SPLITMIX64_GAMMA)))
     }
 
     /// The payload decoded as `T`. Borrowing types such as `&str` fields work too.
@@ -154,6 +232,27 @@ impl From<RawEvent> for Event {
     fn from(raw: RawEvent) -> Self {
         Self { raw }
     }
+}
+
+/// SplitMix64's increment: the golden ratio scaled to 2^64.
+const SPLITMIX64_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// 64-bit FNV-1a of `bytes`. Part of [`Event::seed`]'s fixed derivation.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
+}
+
+/// The output of a SplitMix64 generator whose state is `state`, before the step: its
+/// increment, then its finalizer. Part of [`Event::seed`]'s fixed derivation.
+fn splitmix64(state: u64) -> u64 {
+    let mut z = state.wrapping_add(SPLITMIX64_GAMMA);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The category of a stream name: the part before its first `-`.
@@ -250,6 +349,91 @@ mod tests {
         assert_eq!(event.data::<Opened<'_>>().map(|o| o.owner), Ok("ada"));
         let error = event.data::<u64>().err().unwrap_or_default();
         assert!(error.starts_with("invalid AccountOpened data: "), "{error}");
+    }
+
+    fn event_at(id: &str, position: u64) -> Event {
+        Event::new("draw-1", "Drawn", "{}")
+            .with_id(id)
+            .with_position(position)
+    }
+
+    const ID: &str = "5f0c1e2a-8d3b-4c6e-9a7f-0b1c2d3e4f50";
+
+    #[test]
+    fn the_derivation_functions_match_their_published_reference_values() {
+        // FNV-1a's offset basis and its published value for "a"; SplitMix64's first output
+        // for the state 1234567 (after its step), as in the reference implementation.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(splitmix64(1_234_567), 6_457_827_717_110_365_317);
+    }
+
+    #[test]
+    fn the_seed_and_the_random_stream_are_pinned_for_a_known_event() {
+        let event = event_at(ID, 42);
+
+        assert_eq!(event.seed(), 0x7c5e_6aad_20b1_200b);
+        assert_eq!(event.random(0), 0x78de_bb20_d665_d1ae);
+        assert_eq!(event.random(1), 0xfac5_1a8e_5ef5_1cea);
+        assert_eq!(event.random(7), 0x060b_f0e0_54b3_6f04);
+    }
+
+    #[test]
+    fn the_random_stream_is_splitmix64_started_at_the_seed() {
+        let event = event_at(ID, 42);
+        let mut state = event.seed();
+        for n in 0..100 {
+            let expected = splitmix64(state);
+            state = state.wrapping_add(SPLITMIX64_GAMMA);
+            assert_eq!(event.random(n), expected, "value {n}");
+        }
+    }
+
+    #[test]
+    fn the_same_event_gives_the_same_values_whatever_else_differs() {
+        let event = event_at(ID, 42);
+        let replayed = Event::new("other-9", "Other", r#"{"x":1}"#)
+            .with_id(ID)
+            .with_position(42)
+            .with_revision(5)
+            .with_recorded_at_micros(1_700_000_000_000_000);
+
+        assert_eq!(event.seed(), replayed.seed());
+        for n in [0, 1, 2, u64::MAX] {
+            assert_eq!(event.random(n), replayed.random(n));
+        }
+    }
+
+    #[test]
+    fn different_events_give_different_values() {
+        let events = [
+            event_at(ID, 42),
+            event_at(ID, 43),
+            event_at("5f0c1e2a-8d3b-4c6e-9a7f-0b1c2d3e4f51", 42),
+            // The test default: an all-zero id, told apart by position alone.
+            Event::new("draw-1", "Drawn", "{}"),
+            Event::new("draw-1", "Drawn", "{}").with_position(1),
+        ];
+        let mut seeds: Vec<u64> = events.iter().map(Event::seed).collect();
+        let mut firsts: Vec<u64> = events.iter().map(|event| event.random(0)).collect();
+        seeds.sort_unstable();
+        seeds.dedup();
+        firsts.sort_unstable();
+        firsts.dedup();
+
+        assert_eq!(seeds.len(), events.len());
+        assert_eq!(firsts.len(), events.len());
+    }
+
+    #[test]
+    fn each_n_gives_another_value_of_the_stream() {
+        let event = event_at(ID, 42);
+        let mut values: Vec<u64> = (0..1_000).map(|n| event.random(n)).collect();
+        values.push(event.seed());
+        values.sort_unstable();
+        values.dedup();
+
+        assert_eq!(values.len(), 1_001);
     }
 
     #[test]

@@ -45,6 +45,16 @@
 //! refold_guest::export_reducer!(Account);
 //! ```
 //!
+//! Time and randomness: inside a module WASI's clocks are frozen and its randomness is
+//! constant (the wall clock reads the Unix epoch, the monotonic clock 0, and every random
+//! draw returns the same bytes), so that what a module sees is a pure function of its
+//! events and a replay yields the same state, byte for byte. Take "now" from
+//! [`Event::recorded_at_micros`], and random-looking values from [`Event::random`] (a
+//! stream seeded by [`Event::seed`], from the event's id and position): the same event
+//! gives the same values in every replay. Keep no generator of your own across events in
+//! a `static`: it would carry state from one call of an instance to the next, which a
+//! rebuild in a fresh instance does not see.
+//!
 //! Build the crate that uses it as a `cdylib` for `wasm32-wasip2` (cargo then writes a
 //! component) or for `wasm32-unknown-unknown` (a core module the host componentizes on
 //! upload). The [`testing`] module runs reducers and projections on the native target.

@@ -66,6 +66,15 @@ pub struct ServeArgs {
     /// Most bytes a projection may write in one call.
     #[arg(long, env = "REFOLD_MODULE_MAX_CALL_WRITE_BYTES", default_value_t = ModuleLimits::default().max_call_write_bytes)]
     module_max_call_write_bytes: usize,
+    /// Longest key a projection may put or delete, in bytes.
+    #[arg(long, env = "REFOLD_MODULE_MAX_KEY_BYTES", default_value_t = ModuleLimits::default().max_key_bytes)]
+    module_max_key_bytes: usize,
+    /// Most bytes one state-store scan may return to a module.
+    #[arg(long, env = "REFOLD_MODULE_MAX_SCAN_BYTES", default_value_t = ModuleLimits::default().max_scan_bytes)]
+    module_max_scan_bytes: usize,
+    /// Most bytes one draw of randomness may ask for.
+    #[arg(long, env = "REFOLD_MODULE_MAX_RANDOM_BYTES", default_value_t = ModuleLimits::default().max_random_bytes)]
+    module_max_random_bytes: usize,
     /// What is kept of each module's output, in bytes.
     #[arg(long, env = "REFOLD_MODULE_LOG_BYTES", default_value_t = ModuleLimits::default().log_bytes)]
     module_log_bytes: usize,
@@ -103,6 +112,9 @@ impl ServeArgs {
                 call_timeout: std::time::Duration::from_millis(self.module_call_timeout_ms),
                 max_state_bytes: self.module_max_state_bytes,
                 max_call_write_bytes: self.module_max_call_write_bytes,
+                max_key_bytes: self.module_max_key_bytes,
+                max_scan_bytes: self.module_max_scan_bytes,
+                max_random_bytes: self.module_max_random_bytes,
                 log_bytes: self.module_log_bytes,
                 ..ModuleLimits::default()
             },

@@ -22,10 +22,13 @@ use bindings::reducer::{Reducer, ReducerPre};
 use bindings::{Event, EventFilter, StreamBatch, state_store};
 use sandbox::{GuestLog, GuestState, StateStore};
 
-/// Limits on one module's instance.
+/// Limits on one module's instance, and on every host-side buffer a guest can grow in one
+/// call: what it writes and deletes through the state store, the keys it names, what one
+/// scan returns, what it draws from randomness and what it prints.
 #[derive(Clone, Debug)]
 pub struct ModuleLimits {
-    /// Linear memory, in bytes, across the instance's memories.
+    /// Linear memory, in bytes, of each of the instance's memories (a component made by
+    /// the ordinary toolchains has one).
     pub memory_bytes: usize,
     /// Elements across the instance's tables.
     pub table_elements: usize,
@@ -33,11 +36,24 @@ pub struct ModuleLimits {
     pub call_timeout: Duration,
     /// Largest state: one reducer state, or one projection value.
     pub max_state_bytes: usize,
-    /// Most bytes a projection may write through its state store in one call.
+    /// Most bytes a projection may write through its state store in one call: each `put`
+    /// counts its key and value, each `delete` its key, and both [`ENTRY_OVERHEAD_BYTES`]
+    /// more for the entry the host keeps until the commit.
     pub max_call_write_bytes: usize,
+    /// Longest key a projection may `put` or `delete`.
+    pub max_key_bytes: usize,
+    /// Most bytes (keys and values) one `scan` may return.
+    pub max_scan_bytes: usize,
+    /// Most bytes one draw of randomness may ask for.
+    pub max_random_bytes: usize,
     /// What is kept of the guest's output.
     pub log_bytes: usize,
 }
+
+/// What the host keeps per pending state-store write besides its key and value (the map
+/// entry and the allocations), charged against [`ModuleLimits::max_call_write_bytes`] so
+/// that many tiny writes cannot grow the host past the limit either.
+pub const ENTRY_OVERHEAD_BYTES: usize = 64;
 
 impl Default for ModuleLimits {
     fn default() -> Self {
@@ -47,6 +63,9 @@ impl Default for ModuleLimits {
             call_timeout: Duration::from_secs(10),
             max_state_bytes: 1024 * 1024,
             max_call_write_bytes: 64 * 1024 * 1024,
+            max_key_bytes: 4 * 1024,
+            max_scan_bytes: 16 * 1024 * 1024,
+            max_random_bytes: 1024 * 1024,
             log_bytes: 64 * 1024,
         }
     }
@@ -330,6 +349,8 @@ pub enum GuestErrorKind {
     Contract,
     /// Instantiation failed.
     Instantiate,
+    /// Not the guest's doing: the host's storage failed while the module ran.
+    Storage,
 }
 
 impl GuestError {
@@ -510,10 +531,14 @@ impl Guest {
     /// # Errors
     /// The call failed, or the module is not a reducer.
     pub fn init(&mut self, stream: &str) -> Result<Vec<u8>, GuestError> {
-        self.call(|store, instance| match instance {
+        let state = self.call(|store, instance| match instance {
             Instance::Reducer(r) => r.call_init(store, stream),
             Instance::Projection(_) => Err(Self::wrong_world()),
-        })
+        })?;
+        check_state(&state, self.limits.max_state_bytes).map_err(|why| {
+            GuestError::new(GuestErrorKind::Contract, format!("init returned {why}"))
+        })?;
+        Ok(state)
     }
 
     /// Folds each stream batch into its state: one result per batch.
@@ -609,26 +634,49 @@ impl GuestState {
     }
 }
 
+impl GuestState {
+    /// Charges a state-store write of `bytes` (plus its entry) against the call's budget,
+    /// and checks the key's length.
+    fn charge_write(&mut self, key: &str, bytes: usize) -> wasmtime::Result<()> {
+        self.call_write_bytes += key.len() + bytes + ENTRY_OVERHEAD_BYTES;
+        let (written, budget) = (self.call_write_bytes, self.max_call_write_bytes);
+        let refusal = if key.len() > self.max_key_bytes {
+            Some(format!(
+                "the guest used a state-store key of {} bytes; the module's limit is {} bytes",
+                key.len(),
+                self.max_key_bytes
+            ))
+        } else if written > budget {
+            Some(format!(
+                "the call wrote {written} bytes through the state store (puts and deletes, \
+                 {ENTRY_OVERHEAD_BYTES} bytes more per write); the module's limit is {budget} \
+                 bytes per call"
+            ))
+        } else {
+            None
+        };
+        match refusal {
+            Some(message) => {
+                self.store_failure = Some(message.clone());
+                Err(wasmtime::Error::msg(message))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 impl state_store::Host for GuestState {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
         self.with_state_store(|s| s.get(&key))
     }
 
     fn put(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
-        self.call_write_bytes += key.len() + value.len();
-        let budget = self.max_call_write_bytes;
-        let written = self.call_write_bytes;
-        self.with_state_store(|s| {
-            if written > budget {
-                return Err(format!(
-                    "the call wrote {written} bytes through the state store; the module's limit is {budget} bytes per call"
-                ));
-            }
-            s.put(key, value)
-        })
+        self.charge_write(&key, value.len())?;
+        self.with_state_store(|s| s.put(key, value))
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.charge_write(&key, 0)?;
         self.with_state_store(|s| s.delete(key))
     }
 
@@ -638,6 +686,9 @@ impl state_store::Host for GuestState {
         start_after: Option<String>,
         limit: u32,
     ) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
-        self.with_state_store(|s| s.scan(&prefix, start_after.as_deref(), limit as usize))
+        let max_bytes = self.max_scan_bytes;
+        self.with_state_store(|s| {
+            s.scan(&prefix, start_after.as_deref(), limit as usize, max_bytes)
+        })
     }
 }

@@ -1,10 +1,15 @@
 //! The sandbox a guest runs in: what its store holds, and the sealed WASI it may see.
 //!
 //! A guest gets no files (no preopened directories), no network (sockets are refused at
-//! upload, and every socket capability is off), no environment or arguments, a clock that
-//! stands still at the Unix epoch and a monotonic clock that ticks only when read, and
-//! seeded randomness. So the same events give the same state on every replay. Whatever it
-//! prints goes to its bounded [`GuestLog`].
+//! upload, and every socket capability is off), no environment or arguments, and nothing
+//! that changes between calls: both clocks stand still (the wall clock at the Unix epoch,
+//! the monotonic clock at 0) and every draw of randomness returns the same bytes. So what a
+//! guest can observe besides its events is constant: independent of how events are
+//! batched, of instance reuse, of the second instance, of restarts and traps, and a replay
+//! gives the same state byte for byte. (A counter of reads or a seeded generator would
+//! not do: the n-th draw would depend on how many calls came before.) Per-event values
+//! come from the event itself (the SDK's `Event::seed`/`Event::random`; `recorded-at` is
+//! the event's time). Whatever a guest prints goes to its bounded [`GuestLog`].
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -37,13 +42,18 @@ pub trait StateStore: Send + std::any::Any {
     /// # Errors
     /// As for `get`.
     fn delete(&mut self, key: String) -> Result<(), String>;
+    /// Up to `limit` entries under `prefix` after `start_after`, in key order.
+    ///
     /// # Errors
-    /// As for `get`.
+    /// As for `get`; also when the entries would add up to more than `max_bytes` (keys and
+    /// values): the call is refused rather than cut short, since a guest takes a page
+    /// shorter than `limit` for the end.
     fn scan(
         &mut self,
         prefix: &str,
         start_after: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, String>;
 }
 
@@ -59,6 +69,8 @@ pub struct GuestState {
     /// Bytes written through the state store in the current call, and the limit.
     pub(super) call_write_bytes: usize,
     pub(super) max_call_write_bytes: usize,
+    pub(super) max_key_bytes: usize,
+    pub(super) max_scan_bytes: usize,
 }
 
 impl GuestState {
@@ -67,10 +79,11 @@ impl GuestState {
             .stdout(LogPipe::new(log.clone(), LogSource::Stdout))
             .stderr(LogPipe::new(log.clone(), LogSource::Stderr))
             .wall_clock(EpochClock)
-            .monotonic_clock(TickingClock::default())
-            .secure_random(SeededRandom::new(0x5eed_0001))
-            .insecure_random(SeededRandom::new(0x5eed_0002))
+            .monotonic_clock(FrozenClock)
+            .secure_random(ConstantRandom::new(0x5eed_0001))
+            .insecure_random(ConstantRandom::new(0x5eed_0002))
             .insecure_random_seed(0x5eed_0003)
+            .max_random_size(limits.max_random_bytes as u64)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -91,6 +104,8 @@ impl GuestState {
             store_failure: None,
             call_write_bytes: 0,
             max_call_write_bytes: limits.max_call_write_bytes,
+            max_key_bytes: limits.max_key_bytes,
+            max_scan_bytes: limits.max_scan_bytes,
         }
     }
 }
@@ -116,53 +131,53 @@ impl HostWallClock for EpochClock {
     }
 }
 
-/// A monotonic clock that advances one microsecond each time it is read.
-#[derive(Default)]
-struct TickingClock {
-    reads: std::sync::atomic::AtomicU64,
-}
+/// A monotonic clock that always reads 0.
+struct FrozenClock;
 
-impl HostMonotonicClock for TickingClock {
+impl HostMonotonicClock for FrozenClock {
     fn resolution(&self) -> u64 {
-        1_000
+        1_000_000_000
     }
     fn now(&self) -> u64 {
-        let n = self
-            .reads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        n * 1_000
+        0
     }
 }
 
-/// SplitMix64 with a fixed seed: the same numbers in every instance.
-struct SeededRandom {
-    state: u64,
+/// Randomness that is the same on every draw: `next_u64` and `next_u32` return one
+/// constant each, and `fill_bytes` always fills from the start of one fixed SplitMix64
+/// sequence. So a draw depends only on its size, never on earlier draws.
+struct ConstantRandom {
+    seed: u64,
 }
 
-impl SeededRandom {
+impl ConstantRandom {
     fn new(seed: u64) -> Self {
-        Self { state: seed }
+        Self { seed }
+    }
+
+    /// The `n`-th value of the SplitMix64 sequence from `seed`.
+    fn splitmix(seed: u64, n: u64) -> u64 {
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(n + 1));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
     }
 }
 
-impl rand_core::TryRng for SeededRandom {
+impl rand_core::TryRng for ConstantRandom {
     type Error = Infallible;
 
     fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-        Ok((self.try_next_u64()? >> 32) as u32)
+        Ok((Self::splitmix(self.seed, 0) >> 32) as u32)
     }
 
     fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        Ok(z ^ (z >> 31))
+        Ok(Self::splitmix(self.seed, 0))
     }
 
     fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-        for chunk in dst.chunks_mut(8) {
-            let bytes = self.try_next_u64()?.to_le_bytes();
+        for (n, chunk) in dst.chunks_mut(8).enumerate() {
+            let bytes = Self::splitmix(self.seed, n as u64).to_le_bytes();
             chunk.copy_from_slice(&bytes[..chunk.len()]);
         }
         Ok(())
@@ -365,9 +380,26 @@ mod tests {
     }
 
     #[test]
-    fn seeded_randomness_repeats() {
+    fn every_draw_of_randomness_is_the_same_whatever_came_before() {
         use rand_core::Rng;
-        let (mut a, mut b) = (SeededRandom::new(7), SeededRandom::new(7));
-        assert_eq!(a.next_u64(), b.next_u64());
+        let (mut a, mut b) = (ConstantRandom::new(7), ConstantRandom::new(7));
+        let first = a.next_u64();
+        let _ = a.next_u32();
+        let mut skip = [0u8; 100];
+        a.fill_bytes(&mut skip);
+        assert_eq!(a.next_u64(), first);
+        assert_eq!(b.next_u64(), first);
+        let (mut x, mut y) = ([0u8; 24], [0u8; 24]);
+        a.fill_bytes(&mut x);
+        b.fill_bytes(&mut y);
+        assert_eq!(x, y);
+        assert_ne!(x[..8], x[8..16], "the bytes of one draw still vary");
+    }
+
+    #[test]
+    fn the_clocks_stand_still() {
+        assert_eq!(FrozenClock.now(), FrozenClock.now());
+        assert_eq!(FrozenClock.now(), 0);
+        assert_eq!(EpochClock.now(), Duration::ZERO);
     }
 }

@@ -78,6 +78,11 @@ impl From<StoreError> for ApiError {
                 "shutting_down",
                 "the server is shutting down; retry against the restarted server",
             ),
+            StoreError::Unavailable(message) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                message,
+            ),
             StoreError::Storage(_) | StoreError::Corrupt(_) => {
                 tracing::error!(%err, "storage failure while serving a request");
                 Self::new(

@@ -93,6 +93,16 @@ impl From<ModuleError> for ApiError {
             ModuleError::Conflict(message) => {
                 ApiError::new(StatusCode::CONFLICT, "not_faulted", message)
             }
+            ModuleError::Guest { during, error } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "guest_failed",
+                format!("the module failed {during}: {}", error.message),
+            )
+            .with(
+                "kind",
+                serde_json::to_value(error.kind).unwrap_or(serde_json::Value::Null),
+            )
+            .with("guest_message", error.message),
             ModuleError::Internal(err) => {
                 tracing::error!(error = %format!("{err:#}"), "module operation failed");
                 ApiError::new(
@@ -346,18 +356,14 @@ pub async fn replay(
         }
     };
     let modules = app.modules.clone();
-    let (module, failure) =
-        tokio::task::spawn_blocking(move || modules.replay(&name, to)).await??;
-    let mut value = json!({
+    let module = tokio::task::spawn_blocking(move || modules.replay(&name, to)).await??;
+    let value = json!({
         "name": module.name,
         "version": module.version,
         "kind": module.kind,
         "position": module.state.checkpoint().unwrap_or(0),
         "expires_in_seconds": 15 * 60,
     });
-    if let Some(failure) = failure {
-        value["error"] = failure.into();
-    }
     Ok(Json(value))
 }
 

@@ -133,6 +133,10 @@ pub fn table(limits: &Limits) -> Vec<(Endpoint, MethodRouter<AppState>)> {
         (200, "the answer"),
         (400, "bad input"),
         (404, "no such module or version"),
+        (
+            422,
+            "guest_failed: the module failed while replaying on demand (`kind`, `guest_message`)",
+        ),
         (504, "not caught up with `after` in time"),
     ];
     vec![
@@ -429,7 +433,12 @@ pub fn table(limits: &Limits) -> Vec<(Endpoint, MethodRouter<AppState>)> {
                 ADMIN,
                 "Build a temporary read model up to a position or time, queryable as a version",
                 params!("to" => "a log position, or an RFC 3339 time"),
-                &[(200, "built"), (400, "bad query"), (404, "no such module")],
+                &[
+                    (200, "built"),
+                    (400, "bad query"),
+                    (404, "no such module"),
+                    (422, "guest_failed: the module failed during the replay"),
+                ],
             ),
             post(projections::replay),
         ),
@@ -444,6 +453,10 @@ pub fn table(limits: &Limits) -> Vec<(Endpoint, MethodRouter<AppState>)> {
                     (200, "done"),
                     (404, "no such module or action"),
                     (409, "skip: the module is not faulted at an event"),
+                    (
+                        422,
+                        "guest_failed: verify's rebuild stopped on the module's failure",
+                    ),
                 ],
             ),
             post(projections::action),

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::{DeployedModule, ModuleError, ModuleRegistry};
-use crate::engine::ModuleKind;
 use crate::engine::bindings::StreamBatch;
+use crate::engine::{GuestError, GuestErrorKind, ModuleKind};
 use crate::store::{Direction, EventFilter, EventStore, StreamName, StreamRevision};
 
 /// A point in a stream's history.
@@ -38,6 +38,14 @@ const PAGE: usize = 1_000;
 
 fn failed(what: &str, err: impl std::fmt::Display) -> ModuleError {
     ModuleError::Internal(anyhow::anyhow!("{what}: {err}"))
+}
+
+/// The guest's own failure while replaying `stream`: reported as such, never as the host's.
+fn guest_failed(stream: &StreamName, call: &str, error: GuestError) -> ModuleError {
+    ModuleError::Guest {
+        during: format!("in {call} while replaying stream {stream}"),
+        error,
+    }
 }
 
 /// The last revision of `stream` at `point`, or `None` if the stream had no event then.
@@ -111,7 +119,9 @@ pub(super) fn stream_state_at(
     let skipped: BTreeSet<u64> = letters.iter().map(|l| l.position).collect();
     let mut replayed = 0;
     let mut guest = registry.new_guest(module);
-    let wanted = guest.filter().map_err(|e| failed("filter() failed", e))?;
+    let wanted = guest
+        .filter()
+        .map_err(|e| guest_failed(stream, "filter", e))?;
     let filter = EventFilter {
         event_types: (!wanted.event_types.is_empty()).then_some(wanted.event_types),
         categories: (!wanted.categories.is_empty()).then_some(wanted.categories),
@@ -142,12 +152,16 @@ pub(super) fn stream_state_at(
             };
             let mut results = guest
                 .apply(&[batch])
-                .map_err(|e| failed("the replay failed", e))?;
+                .map_err(|e| guest_failed(stream, "apply", e))?;
             let bytes = results
                 .pop()
                 .ok_or_else(|| failed("the replay failed", "no result"))?
                 .map_err(|message| {
-                    failed("the module refused an event during the replay", message)
+                    guest_failed(
+                        stream,
+                        "apply",
+                        GuestError::new(GuestErrorKind::Error, message),
+                    )
                 })?;
             state = Some(bytes);
         }
@@ -157,7 +171,7 @@ pub(super) fn stream_state_at(
         Some(bytes) => bytes,
         None => guest
             .init(stream.as_str())
-            .map_err(|e| failed("init() failed", e))?,
+            .map_err(|e| guest_failed(stream, "init", e))?,
     };
     Ok(Some(PastState {
         revision: target,

@@ -85,6 +85,7 @@ impl ModuleSettings {
                 .max_call_write_bytes
                 .unwrap_or(defaults.max_call_write_bytes),
             log_bytes: self.log_bytes.unwrap_or(defaults.log_bytes),
+            ..defaults.clone()
         }
     }
 }
@@ -331,6 +332,14 @@ pub enum ModuleError {
     /// The operation does not fit the module's state (skip when not faulted).
     #[error("{0}")]
     Conflict(String),
+    /// The guest failed while the host ran it on demand (a past-state query, a replay, a
+    /// verify): a trap, a time or memory limit, an error result, a broken contract.
+    #[error("{during}: {error}")]
+    Guest {
+        /// What the host was doing (`replaying stream account-1`).
+        during: String,
+        error: crate::engine::GuestError,
+    },
     #[error("{0:#}")]
     Internal(#[from] anyhow::Error),
 }

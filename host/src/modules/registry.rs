@@ -658,7 +658,7 @@ impl ModuleRegistry {
         &self,
         name: &str,
         to: GlobalPosition,
-    ) -> Result<(Arc<DeployedModule>, Option<String>), ModuleError> {
+    ) -> Result<Arc<DeployedModule>, ModuleError> {
         self.expire_replays();
         let current = self.resolve(name, None)?;
         let id = format!("replay-{}", uuid::Uuid::new_v4().simple());
@@ -666,12 +666,13 @@ impl ModuleRegistry {
         let replay = current.rebuilding_copy(id, now_rfc3339(), ModuleState::new(tree));
         let to = to.min(self.store.head());
         let (letters, _) = current.state.dead_letters(0, usize::MAX)?;
-        let failure = verify::rebuild_until(
+        verify::rebuild_until(
             self,
             &replay,
             to,
             letters.iter().map(|l| l.position).collect(),
-        );
+            "replaying",
+        )?;
         replay.set_status(Status::Running, None);
         let mut modules = self.modules.write();
         let entry = modules
@@ -680,7 +681,7 @@ impl ModuleRegistry {
         entry
             .replays
             .push((replay.clone(), Instant::now() + REPLAY_TTL));
-        Ok((replay, failure))
+        Ok(replay)
     }
 
     fn expire_replays(&self) {

@@ -22,10 +22,16 @@ use crate::engine::bindings::{Event, StreamBatch};
 use crate::engine::{Guest, GuestError, GuestErrorKind, ModuleKind};
 use crate::store::{EventFilter, EventRef, EventStore, GlobalPosition, SledStore, StreamRevision};
 
-/// Reducer states remembered between batches.
+/// Reducer states remembered between batches, at most this many...
 const MAX_CACHED_STATES: usize = 100_000;
+/// ...holding at most this many bytes (names and states), so that ten modules over many
+/// streams, or a module with large states, keep the host's memory flat.
+const MAX_CACHED_STATE_BYTES: usize = 16 * 1024 * 1024;
 /// Uncommitted work is committed once it holds this many events...
 const COMMIT_EVERY_EVENTS: u64 = 50_000;
+/// ...or this many bytes of new states or state-store writes (an upper bound), so that
+/// what guests return over many calls cannot pile up in the host before a commit...
+const COMMIT_EVERY_BYTES: usize = 64 * 1024 * 1024;
 /// ...or is this old; and always when the runner catches up with the log.
 const COMMIT_EVERY: Duration = Duration::from_millis(100);
 /// A reducer state is snapshotted whenever a stream passes a multiple of this many
@@ -85,7 +91,7 @@ impl Failure {
         match self {
             Failure::Guest(err) => (err.kind, err.message),
             Failure::Rejected(message) => (GuestErrorKind::Error, message),
-            Failure::Storage(message) => (GuestErrorKind::Contract, message),
+            Failure::Storage(message) => (GuestErrorKind::Storage, message),
         }
     }
 }
@@ -119,8 +125,9 @@ pub(super) struct Runner {
     options: RunnerOptions,
     /// The committed checkpoint: what queries see.
     checkpoint: GlobalPosition,
-    /// Committed reducer states remembered between batches.
+    /// Committed reducer states remembered between batches, and their size.
     states: HashMap<String, StreamState>,
+    cached_bytes: usize,
     /// Processed but not yet committed.
     pending: Pending,
     dirty_since: Option<Instant>,
@@ -132,6 +139,8 @@ struct Pending {
     /// Where the next batch starts; the checkpoint once committed.
     next: GlobalPosition,
     events: u64,
+    /// New reducer states' bytes (names included), or the projection's pending writes.
+    bytes: usize,
     since: Option<Instant>,
     /// A reducer's new states.
     states: HashMap<String, StreamState>,
@@ -177,6 +186,7 @@ impl Runner {
             options,
             checkpoint: 0,
             states: HashMap::new(),
+            cached_bytes: 0,
             pending: Pending::default(),
             dirty_since: None,
         }
@@ -203,7 +213,7 @@ impl Runner {
         self.checkpoint = self.module.state.checkpoint().map_err(|err| {
             self.make_fault(
                 None,
-                GuestErrorKind::Contract,
+                GuestErrorKind::Storage,
                 format!("reading the checkpoint failed: {err}"),
             )
         })?;
@@ -233,7 +243,7 @@ impl Runner {
                         .map_err(|err| {
                             self.make_fault(
                                 None,
-                                GuestErrorKind::Contract,
+                                GuestErrorKind::Storage,
                                 format!("starting the log reader failed: {err}"),
                             )
                         })?,
@@ -279,7 +289,7 @@ impl Runner {
             let (events, scanned_to) = batch.map_err(|err| {
                 self.make_fault(
                     None,
-                    GuestErrorKind::Contract,
+                    GuestErrorKind::Storage,
                     format!("reading the log failed: {err}"),
                 )
             })?;
@@ -298,6 +308,7 @@ impl Runner {
                     self.record_batch(count, started);
                 }
                 if self.pending.events >= COMMIT_EVERY_EVENTS
+                    || self.pending.bytes >= COMMIT_EVERY_BYTES
                     || self
                         .pending
                         .since
@@ -314,7 +325,7 @@ impl Runner {
                     next: self.checkpoint,
                     ..Pending::default()
                 };
-                self.states.clear();
+                self.forget_states();
                 self.replay_one_by_one(&filter, scanned_to)?;
             }
         }
@@ -353,10 +364,15 @@ impl Runner {
             changes.put_dead_letter(letter);
         }
         changes.commit(&self.module.state, next)?;
-        if self.states.len() + pending.states.len() > MAX_CACHED_STATES {
-            self.states.clear();
+        if self.states.len() + pending.states.len() > MAX_CACHED_STATES
+            || self.cached_bytes + pending.bytes > MAX_CACHED_STATE_BYTES
+        {
+            self.forget_states();
         }
-        self.states.extend(pending.states);
+        if pending.bytes <= MAX_CACHED_STATE_BYTES {
+            self.cached_bytes += pending.bytes;
+            self.states.extend(pending.states);
+        }
         self.checkpoint = next;
         self.dirty_since.get_or_insert_with(Instant::now);
         self.publish(None);
@@ -404,6 +420,7 @@ impl Runner {
         for ((batch, result), from) in batches.into_iter().zip(results).zip(unfolded_from) {
             let bytes = result.map_err(Failure::Rejected)?;
             let revision = batch.events.last().map_or(0, |e| e.revision);
+            self.pending.bytes += batch.stream_id.len() + bytes.len();
             let state = StreamState { revision, bytes };
             // Snapshot when the revisions this call folded (wanted or not) cross a multiple
             // of SNAPSHOT_EVERY, so that streams with unwanted events get snapshots too.
@@ -493,6 +510,7 @@ impl Runner {
                 any.downcast::<KvOverlay>().ok()
             })
             .ok_or_else(|| Failure::Storage("the projection's state store was lost".into()))?;
+        self.pending.bytes = overlay.written_bytes();
         self.pending.overlay = Some(*overlay);
         Ok(())
     }
@@ -510,7 +528,7 @@ impl Runner {
             let (singles, scanned_to) = self.collect(filter, from, until).map_err(|err| {
                 self.make_fault(
                     None,
-                    GuestErrorKind::Contract,
+                    GuestErrorKind::Storage,
                     format!("reading the log failed: {err}"),
                 )
             })?;
@@ -546,7 +564,7 @@ impl Runner {
                         next: position,
                         ..Pending::default()
                     };
-                    self.states.clear();
+                    self.forget_states();
                     self.commit()
                         .map_err(|f| self.fault_from(Some(position), f))?;
                     if self.options.policy == FaultPolicy::Halt {
@@ -567,7 +585,7 @@ impl Runner {
                         }],
                         ..Pending::default()
                     };
-                    self.states.clear();
+                    self.forget_states();
                     self.commit()
                         .map_err(|f| self.fault_from(Some(position), f))?;
                     self.module
@@ -578,6 +596,11 @@ impl Runner {
             }
         }
         Ok(())
+    }
+
+    fn forget_states(&mut self) {
+        self.states.clear();
+        self.cached_bytes = 0;
     }
 
     fn record_batch(&self, events: u64, started: Instant) {

@@ -9,8 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::engine::check_state;
 use crate::engine::sandbox::StateStore;
+use crate::engine::{ENTRY_OVERHEAD_BYTES, check_state};
 use crate::store::{GlobalPosition, KeyBatch, StreamRevision};
 
 const CHECKPOINT_KEY: &[u8] = b"c";
@@ -268,16 +268,29 @@ impl Changes {
 pub struct KvOverlay {
     state: ModuleState,
     writes: BTreeMap<String, Option<Vec<u8>>>,
+    /// What `writes` holds, counted as the sandbox counts writes (an upper bound: a key
+    /// written twice counts twice).
+    written_bytes: usize,
     max_value_bytes: usize,
 }
+
+/// Committed entries read per page while scanning.
+const SCAN_PAGE_ENTRIES: usize = 16;
 
 impl KvOverlay {
     pub fn new(state: ModuleState, max_value_bytes: usize) -> Self {
         Self {
             state,
             writes: BTreeMap::new(),
+            written_bytes: 0,
             max_value_bytes,
         }
+    }
+
+    /// The bytes the pending writes hold (an upper bound), so that the runner commits
+    /// before many calls' writes add up.
+    pub fn written_bytes(&self) -> usize {
+        self.written_bytes
     }
 
     pub fn into_changes(self) -> Changes {
@@ -336,11 +349,13 @@ impl StateStore for KvOverlay {
     fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
         check_state(&value, self.max_value_bytes)
             .map_err(|why| format!("put under key {key:?} of {why}"))?;
+        self.written_bytes += key.len() + value.len() + ENTRY_OVERHEAD_BYTES;
         self.writes.insert(key, Some(value));
         Ok(())
     }
 
     fn delete(&mut self, key: String) -> Result<(), String> {
+        self.written_bytes += key.len() + ENTRY_OVERHEAD_BYTES;
         self.writes.insert(key, None);
         Ok(())
     }
@@ -350,29 +365,51 @@ impl StateStore for KvOverlay {
         prefix: &str,
         start_after: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, String> {
         // Committed keys come in pages, merged with this call's writes in key order. The
         // merge is certain only up to the last committed key read: a write beyond it may
         // sort after committed keys not read yet. So pages are read until `limit` live
-        // keys lie within that bound, or no committed key is left.
+        // keys lie within that bound, or no committed key is left. Pages are small, so that
+        // what is read past `max_bytes` before the refusal stays small too.
+        let page_size = limit.saturating_add(1).min(SCAN_PAGE_ENTRIES);
         let mut committed: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut committed_bytes = 0usize;
         let mut from = start_after.map(str::to_owned);
+        let too_big = || {
+            format!(
+                "a state-store scan of prefix {prefix:?} would return more than {max_bytes} \
+                 bytes (the module's limit per scan); ask for fewer entries"
+            )
+        };
         loop {
             let (page, _) = self
                 .state
-                .values(prefix, from.as_deref(), limit + 1)
+                .values(prefix, from.as_deref(), page_size)
                 .map_err(storage)?;
-            let done = page.len() <= limit;
+            let done = page.len() < page_size;
             for (key, value) in page {
-                if start_after.is_none_or(|a| key.as_str() > a) {
+                if start_after.is_none_or(|a| key.as_str() > a)
+                    && from.as_deref().is_none_or(|f| key.as_str() > f)
+                {
                     from = Some(key.clone());
+                    committed_bytes += key.len() + value.len();
                     committed.insert(key, value);
                 }
             }
             let bound = if done { None } else { from.as_deref() };
             let merged = self.merge(prefix, start_after, bound, &committed, limit);
+            let merged_bytes: usize = merged.iter().map(|(k, v)| k.len() + v.len()).sum();
+            if merged_bytes > max_bytes {
+                return Err(too_big());
+            }
             if done || merged.len() >= limit {
                 return Ok(merged);
+            }
+            if committed_bytes > max_bytes.saturating_mul(2) {
+                // Mostly deleted by this call, yet already past twice the limit: refuse
+                // rather than read on.
+                return Err(too_big());
             }
         }
     }
@@ -416,14 +453,14 @@ mod tests {
         assert_eq!(overlay.get("a/2").unwrap(), Some(b"2".to_vec()));
         assert_eq!(overlay.get("a/3").unwrap(), None);
         let keys: Vec<_> = overlay
-            .scan("a/", None, 10)
+            .scan("a/", None, 10, usize::MAX)
             .unwrap()
             .into_iter()
             .map(|(k, _)| k)
             .collect();
         assert_eq!(keys, ["a/1", "a/2"]);
         let keys: Vec<_> = overlay
-            .scan("a/", Some("a/1"), 10)
+            .scan("a/", Some("a/1"), 10, usize::MAX)
             .unwrap()
             .into_iter()
             .map(|(k, _)| k)
@@ -449,7 +486,7 @@ mod tests {
         }
         overlay.put("a/99".into(), b"2".to_vec()).unwrap();
         let keys = |overlay: &mut KvOverlay, after: Option<&str>| -> Vec<String> {
-            let page = overlay.scan("a/", after, 10).unwrap();
+            let page = overlay.scan("a/", after, 10, usize::MAX).unwrap();
             page.into_iter().map(|(k, _)| k).collect()
         };
         let first = keys(&mut overlay, None);
@@ -457,5 +494,33 @@ mod tests {
         assert_eq!(first, expected);
         assert_eq!(keys(&mut overlay, Some("a/20")), ["a/99"]);
         assert_eq!(keys(&mut overlay, Some("a/99")), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_scan_that_would_return_more_than_its_byte_limit_is_refused_not_cut_short() {
+        let state = state();
+        let mut overlay = KvOverlay::new(state.clone(), 100);
+        for i in 0..40 {
+            overlay
+                .put(format!("k/{i:02}"), b"\"0123456789\"".to_vec())
+                .unwrap();
+        }
+        overlay.into_changes().commit(&state, 1).unwrap();
+        let mut overlay = KvOverlay::new(state.clone(), 100);
+        // 40 entries of 4 + 12 bytes: 640 bytes.
+        assert_eq!(overlay.scan("k/", None, 100, 640).unwrap().len(), 40);
+        let refused = overlay.scan("k/", None, 100, 639).unwrap_err();
+        assert!(refused.contains("more than 639 bytes"), "{refused}");
+        // A smaller page fits.
+        assert_eq!(overlay.scan("k/", None, 10, 639).unwrap().len(), 10);
+    }
+
+    #[test]
+    fn deletes_count_toward_the_pending_bytes_like_puts() {
+        let mut overlay = KvOverlay::new(state(), 100);
+        overlay.delete("x".repeat(1000)).unwrap();
+        assert_eq!(overlay.written_bytes(), 1000 + ENTRY_OVERHEAD_BYTES);
+        overlay.put("k".into(), b"1".to_vec()).unwrap();
+        assert_eq!(overlay.written_bytes(), 1000 + 2 + 2 * ENTRY_OVERHEAD_BYTES);
     }
 }

@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::runner::{Runner, RunnerOptions};
 use super::state::{ModuleState, StateEntry, describe_entry_key};
 use super::{DeployedModule, FaultPolicy, ModuleError, ModuleRegistry, RunnerControl};
+use crate::engine::{GuestError, GuestErrorKind};
 
 /// The outcome of a verification.
 #[derive(Debug, Serialize)]
@@ -27,8 +28,6 @@ pub struct Verification {
     /// Entries that differ.
     pub differences: u64,
     pub first_difference: Option<Difference>,
-    /// Why the rebuild could not reach the checkpoint, if it could not.
-    pub rebuild_error: Option<String>,
     pub rebuild_ms: u64,
 }
 
@@ -51,13 +50,17 @@ fn value_json(key: &[u8], value: &[u8]) -> Value {
 }
 
 /// Runs `module` (a scratch version) from its checkpoint up to `to`, stepping over `skip`.
-/// Returns why it stopped short, if it did.
+///
+/// # Errors
+/// [`ModuleError::Guest`] when the guest failed (`during` says what for), or
+/// [`ModuleError::Internal`] when storage did.
 pub(super) fn rebuild_until(
     registry: &ModuleRegistry,
     module: &Arc<DeployedModule>,
     to: u64,
     skip: BTreeSet<u64>,
-) -> Option<String> {
+    during: &str,
+) -> Result<(), ModuleError> {
     let mut runner = Runner::new(
         module.clone(),
         Arc::new(RunnerControl::default()),
@@ -69,9 +72,22 @@ pub(super) fn rebuild_until(
             skip,
         },
     );
-    runner.drive().err().map(|fault| match fault.position {
-        Some(p) => format!("the rebuild failed at position {p}: {}", fault.message),
-        None => format!("the rebuild failed: {}", fault.message),
+    let Err(fault) = runner.drive() else {
+        return Ok(());
+    };
+    let during = match (fault.position, &fault.event_id) {
+        (Some(p), Some(id)) => format!("{during}, at position {p} (event {id})"),
+        (Some(p), None) => format!("{during}, at position {p}"),
+        _ => during.to_owned(),
+    };
+    Err(match fault.kind {
+        GuestErrorKind::Storage => {
+            ModuleError::Internal(anyhow::anyhow!("{during}: {}", fault.message))
+        }
+        kind => ModuleError::Guest {
+            during,
+            error: GuestError::new(kind, fault.message),
+        },
     })
 }
 
@@ -82,7 +98,6 @@ pub(super) struct Scratch {
     db: sled::Db,
     tree_name: String,
     rebuild_ms: u64,
-    rebuild_error: Option<String>,
 }
 
 impl Scratch {
@@ -100,7 +115,6 @@ impl Scratch {
             db,
             tree_name,
             rebuild_ms: 0,
-            rebuild_error: None,
         })
     }
 
@@ -117,15 +131,12 @@ impl Scratch {
         module: &DeployedModule,
         to: u64,
     ) -> Result<(), ModuleError> {
-        if self.rebuild_error.is_some() {
-            return Ok(());
-        }
         let (letters, _) = module.state.dead_letters(0, usize::MAX)?;
         let skip: BTreeSet<u64> = letters.iter().map(|l| l.position).collect();
         let started = Instant::now();
-        self.rebuild_error = rebuild_until(registry, &self.copy, to, skip);
+        let rebuilt = rebuild_until(registry, &self.copy, to, skip, "rebuilding to verify");
         self.rebuild_ms += started.elapsed().as_millis() as u64;
-        Ok(())
+        rebuilt
     }
 
     /// With `module` stopped: the last stretch of the rebuild, up to its checkpoint, and
@@ -148,12 +159,11 @@ impl Scratch {
         self.rebuild_to(registry, module, position)?;
         let comparison = compare(&module.state, &self.copy.state, 0)?;
         Ok(Verification {
-            matches: comparison.differences() == 0 && self.rebuild_error.is_none(),
+            matches: comparison.differences() == 0,
             position,
             compared: comparison.compared,
             differences: comparison.differences(),
             first_difference: comparison.first,
-            rebuild_error: self.rebuild_error.take(),
             rebuild_ms: self.rebuild_ms,
         })
     }

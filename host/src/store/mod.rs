@@ -7,6 +7,8 @@
 //! ever sees an event that a crash could still take away.
 
 mod codec;
+mod faults;
+mod id_index;
 mod sled_batch;
 mod sled_store;
 mod writer;
@@ -18,6 +20,7 @@ use std::pin::Pin;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+pub use faults::InjectedFaults;
 pub use sled_batch::KeyBatch;
 pub use sled_store::{SledStore, StoreConfig};
 
@@ -299,6 +302,9 @@ pub enum StoreError {
     },
     #[error("the store is shutting down")]
     ShuttingDown,
+    /// The store stopped acknowledging writes after a storage error, until it recovers.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("storage failure: {0}")]
     Storage(String),
     #[error("corrupt record in the store: {0}")]
@@ -318,8 +324,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// distributed log can implement the same trait.
 pub trait EventStore: Send + Sync + 'static {
     /// Appends `events` to `stream` atomically, if `expected` holds. Resolves once the events
-    /// are durable. A retry whose client-chosen ids match events already at the stream's
-    /// tail appends nothing and resolves to the original outcome.
+    /// are durable. Event ids are unique in the whole log: a retry whose client-chosen ids
+    /// were recorded by one earlier append (same ids, same order, same stream), however
+    /// long ago, appends nothing and resolves to the original outcome; any other append
+    /// carrying a recorded id fails with [`StoreError::DuplicateEventId`].
     fn append(
         &self,
         stream: StreamName,

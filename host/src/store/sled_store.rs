@@ -10,7 +10,8 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::codec::{self, decode_chunk, decode_run};
-use super::writer::{AppendJob, ImportJob, Job, Writer};
+use super::faults::InjectedFaults;
+use super::writer::{AppendJob, ImportJob, Job, Writer, recover_head};
 use super::{
     AppendOutcome, BoxFuture, Direction, EventFilter, EventRef, EventStore, ExpectedRevision,
     GlobalPosition, LogSlice, ProposedEvent, RecordedEvent, StoreError, StreamInfo, StreamListing,
@@ -51,6 +52,17 @@ impl SledStore {
     /// # Errors
     /// The database cannot be opened, or its last chunk is unreadable.
     pub fn open(config: &StoreConfig) -> anyhow::Result<Self> {
+        Self::open_with_faults(config, Arc::default())
+    }
+
+    /// Opens the store with storage faults a test can arm (see [`InjectedFaults`]).
+    ///
+    /// # Errors
+    /// As for [`SledStore::open`].
+    pub fn open_with_faults(
+        config: &StoreConfig,
+        faults: Arc<InjectedFaults>,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let db = sled::Config::new()
             .path(&config.path)
@@ -68,7 +80,8 @@ impl SledStore {
             head: head.clone(),
         };
         let (jobs_tx, jobs_rx) = mpsc::channel(4096);
-        let writer = Writer::new(db.clone(), reader.clone(), head_tx);
+        let writer = Writer::new(db.clone(), reader.clone(), head_tx, faults)
+            .context("reading the event id index")?;
         let writer_thread = std::thread::Builder::new()
             .name("refold-writer".into())
             .spawn(move || writer.run(jobs_rx))
@@ -248,18 +261,6 @@ fn segment_size(path: &std::path::Path) -> usize {
         .unwrap_or(SEGMENT_BYTES)
 }
 
-/// The position after the last event in the log.
-fn recover_head(log: &sled::Tree) -> Result<GlobalPosition, StoreError> {
-    let (lo, hi) = codec::chunk_key_bounds();
-    match log.range(lo..hi).next_back() {
-        None => Ok(0),
-        Some(entry) => {
-            let (key, value) = entry?;
-            Ok(codec::chunk_position(&key)? + codec::chunk_len(&value)?)
-        }
-    }
-}
-
 /// Reads the log tree, never past the durable head. Shared by the store and its writer.
 #[derive(Clone)]
 pub(super) struct LogReader {
@@ -295,7 +296,7 @@ impl LogReader {
 
     /// Visits events from `from` up to `until` (exclusive) until `visit` returns `false`;
     /// returns the position after the last event visited (or `from` if none was).
-    fn scan(
+    pub(super) fn scan(
         &self,
         from: GlobalPosition,
         until: GlobalPosition,
@@ -419,7 +420,10 @@ impl LogReader {
     }
 
     /// Copies the events at `positions` (ascending) out of their chunks.
-    fn events_at(&self, positions: &[GlobalPosition]) -> Result<Vec<RecordedEvent>, StoreError> {
+    pub(super) fn events_at(
+        &self,
+        positions: &[GlobalPosition],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let mut out = Vec::with_capacity(positions.len());
         let mut i = 0;
         while i < positions.len() {
@@ -479,18 +483,6 @@ impl LogReader {
         Ok(self
             .stream_positions(stream, None, 1, Direction::Backward)?
             .and_then(|pairs| pairs.first().map(|&(revision, _)| revision)))
-    }
-
-    /// The last `count` events of `stream` as (id, revision, position), oldest first.
-    pub(super) fn stream_tail(
-        &self,
-        stream: &str,
-        count: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        Ok(self
-            .read_stream(stream, None, count, Direction::Backward)?
-            .map(|slice| slice.events.into_iter().rev().collect())
-            .unwrap_or_default())
     }
 
     fn stream_revision_after(

@@ -5,15 +5,27 @@
 //! them all in one atomic sled batch, flushes once, publishes the new durable head, and only
 //! then answers the requests. Under load one fsync serves many appends. Imports (restoring a
 //! backup) go through the same path, so they are atomic and durable the same way.
+//!
+//! Every event id goes into the [`IdIndex`], so a retry finds its original append however
+//! late, and an id is never recorded twice.
+//!
+//! **Fail-stop.** After any storage error nothing the writer remembers can be trusted (the
+//! failed batch may or may not reach the disk), so it acknowledges no write until it has
+//! re-derived its state from what is durable: a flush that succeeds, then the head, the
+//! stream tails and the id index read back from the log. Until then every append is
+//! answered [`StoreError::Unavailable`] at once; reads of the durable log keep working.
 
+use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
-use uuid::Uuid;
 
 use super::KeyBatch;
 use super::codec::{self, ChunkWriter};
+use super::faults::InjectedFaults;
+use super::id_index::IdIndex;
 use super::sled_store::LogReader;
 use super::{
     AppendOutcome, EventRef, ExpectedRevision, GlobalPosition, ProposedEvent, RecordedEvent,
@@ -30,10 +42,10 @@ const CHUNK_MAX_EVENTS: usize = 1_000;
 /// (16,384 × 8 KiB = 128 MiB beside the cache). At ~100 bytes per event a chunk still holds
 /// ~80 events, so batched appends write few keys.
 pub(super) const CHUNK_MAX_BYTES: usize = 8 * 1024;
-/// How many of a stream's latest event ids a retry is checked against.
-const RECENT_IDS: usize = 128;
 /// Streams whose tail the writer remembers; past this the memory is dropped and reloaded.
 const MAX_CACHED_STREAMS: usize = 200_000;
+/// After a storage error, how often a write request may trigger another recovery attempt.
+const RECOVERY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// One request to the writer, answered once durable.
 pub(super) enum Job {
@@ -55,6 +67,14 @@ pub(super) struct ImportJob {
 }
 
 impl Job {
+    /// Answers the job with `err` without touching storage.
+    fn refuse(self, err: StoreError) {
+        match self {
+            Job::Append(job) => drop(job.reply.send(Err(err))),
+            Job::Import(job) => drop(job.reply.send(Err(err))),
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             Job::Append(job) => job.events.len(),
@@ -93,12 +113,9 @@ impl Answer {
 }
 
 /// What the writer remembers of a stream's end.
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 struct StreamTail {
     last_revision: Option<StreamRevision>,
-    /// The latest ids with their revision and position, oldest first; loaded lazily, only
-    /// when an append carries client-chosen ids.
-    recent: Option<VecDeque<(Uuid, StreamRevision, GlobalPosition)>>,
 }
 
 pub(super) struct Writer {
@@ -107,10 +124,22 @@ pub(super) struct Writer {
     head_tx: watch::Sender<GlobalPosition>,
     next_position: GlobalPosition,
     tails: HashMap<String, StreamTail>,
+    index: IdIndex,
+    /// Set by a storage error, cleared by a recovery: while set, no write is acknowledged.
+    failure: Option<StoreFailure>,
+    faults: Arc<InjectedFaults>,
+}
+
+/// Why the writer stopped acknowledging writes, and when it last tried to recover.
+struct StoreFailure {
+    reason: String,
+    last_attempt: Instant,
 }
 
 /// The pieces of one group commit being assembled.
 struct Group {
+    /// The group's first position: below it everything is durable.
+    start: GlobalPosition,
     batch: KeyBatch,
     chunk: ChunkWriter,
     chunk_first: GlobalPosition,
@@ -122,12 +151,12 @@ struct Group {
 struct StagedRun {
     first_revision: StreamRevision,
     positions: Vec<GlobalPosition>,
-    ids: Vec<Uuid>,
 }
 
 impl Group {
     fn new(first_position: GlobalPosition) -> Self {
         Self {
+            start: first_position,
             batch: KeyBatch::default(),
             chunk: ChunkWriter::default(),
             chunk_first: first_position,
@@ -156,19 +185,28 @@ impl Group {
 }
 
 impl Writer {
+    /// A writer continuing the durable log that `reader` sees.
+    ///
+    /// # Errors
+    /// The id index cannot be read back.
     pub(super) fn new(
         db: sled::Db,
         reader: LogReader,
         head_tx: watch::Sender<GlobalPosition>,
-    ) -> Self {
+        faults: Arc<InjectedFaults>,
+    ) -> Result<Self, StoreError> {
         let next_position = reader.head();
-        Self {
+        let index = load_index(&reader)?;
+        Ok(Self {
             db,
             reader,
             head_tx,
             next_position,
             tails: HashMap::new(),
-        }
+            index,
+            failure: None,
+            faults,
+        })
     }
 
     /// Serves jobs until every sender is gone.
@@ -191,6 +229,20 @@ impl Writer {
     }
 
     fn commit_group(&mut self, jobs: Vec<Job>) {
+        if !self.recovered() {
+            let reason = self
+                .failure
+                .as_ref()
+                .map(|f| f.reason.clone())
+                .unwrap_or_default();
+            for job in jobs {
+                job.refuse(StoreError::Unavailable(format!(
+                    "the store accepts no writes since a storage error ({reason}); it retries \
+                     recovery and writes resume once what is on disk has been read back"
+                )));
+            }
+            return;
+        }
         // Forget between groups, never within one: a group's staged tails live only here.
         if self.tails.len() >= MAX_CACHED_STREAMS {
             self.tails.clear();
@@ -211,25 +263,81 @@ impl Writer {
             });
         }
         if self.next_position > group_start {
-            let batch = group.finish(self.next_position);
-            let written = batch
-                .apply(self.reader.tree())
-                .and_then(|()| self.db.flush().map(|_| ()));
+            let mut batch = group.finish(self.next_position);
+            self.index.seal_if_full(&mut batch, self.next_position);
+            let written = self
+                .faults
+                .before_apply()
+                .and_then(|()| batch.apply(self.reader.tree()).map_err(StoreError::from))
+                .and_then(|()| self.faults.before_flush())
+                .and_then(|()| self.db.flush().map(|_| ()).map_err(StoreError::from));
             if let Err(err) = written {
-                tracing::error!(%err, "group commit failed");
-                self.recover_after_failure();
-                let message = err.to_string();
+                tracing::error!(%err, "group commit failed: no write is acknowledged until the store recovers");
+                self.failure = Some(StoreFailure {
+                    reason: err.to_string(),
+                    last_attempt: Instant::now(),
+                });
+                let message = format!(
+                    "the write failed ({err}); it may or may not have reached the disk: \
+                     retry it with the same event ids once the store accepts writes again"
+                );
                 for answer in answers {
-                    answer.fail(StoreError::Storage(message.clone()));
+                    answer.fail(StoreError::Unavailable(message.clone()));
                 }
                 return;
             }
-            self.reader.publish_head(self.next_position);
-            self.head_tx.send_replace(self.next_position);
+            self.publish(self.next_position);
         }
         for answer in answers {
             answer.send();
         }
+    }
+
+    fn publish(&self, head: GlobalPosition) {
+        self.reader.publish_head(head);
+        self.head_tx.send_replace(head);
+    }
+
+    /// Whether writes may be acknowledged: true unless a storage error happened and a
+    /// recovery, tried at most every [`RECOVERY_INTERVAL`], has not succeeded yet.
+    fn recovered(&mut self) -> bool {
+        let Some(failure) = self.failure.as_mut() else {
+            return true;
+        };
+        if failure.last_attempt.elapsed() < RECOVERY_INTERVAL {
+            return false;
+        }
+        failure.last_attempt = Instant::now();
+        match self.recover() {
+            Ok(head) => {
+                tracing::warn!(
+                    head,
+                    "the store recovered from a storage error; writes resume"
+                );
+                self.failure = None;
+                true
+            }
+            Err(err) => {
+                tracing::error!(%err, "the store has not recovered yet");
+                false
+            }
+        }
+    }
+
+    /// Re-derives everything the writer remembers from what is durable: first a flush that
+    /// succeeds (so the tree holds exactly what is on disk, including whatever of the
+    /// failed batch reached it), then the head, the tails and the id index from the log.
+    fn recover(&mut self) -> Result<GlobalPosition, StoreError> {
+        self.faults.before_flush()?;
+        self.db.flush()?;
+        let head = recover_head(self.reader.tree())?;
+        // The reader must see the whole durable log to read the ids back.
+        self.reader.publish_head(head);
+        self.index = load_index(&self.reader)?;
+        self.tails.clear();
+        self.next_position = head;
+        self.publish(head);
+        Ok(head)
     }
 
     /// Checks one append against the stream's state and adds its events to the group.
@@ -240,13 +348,12 @@ impl Writer {
         expected: ExpectedRevision,
         events: &[ProposedEvent],
     ) -> Result<AppendOutcome, StoreError> {
-        let wants_ids = events.iter().any(|e| e.id_from_client);
-        let tail = self.tail(group, stream.as_str(), wants_ids)?;
-        if wants_ids {
-            if let Some(original) = find_retry(&tail, events)? {
+        if events.iter().any(|e| e.id_from_client) {
+            if let Some(original) = self.find_original(group, stream.as_str(), events)? {
                 return Ok(original);
             }
         }
+        let tail = self.tail(group, stream.as_str())?;
         if !expected.admits(tail.last_revision) {
             return Err(StoreError::WrongExpectedRevision {
                 expected,
@@ -260,7 +367,6 @@ impl Writer {
         let mut run = group.runs.remove(stream.as_str()).unwrap_or(StagedRun {
             first_revision,
             positions: Vec::new(),
-            ids: Vec::new(),
         });
         for (i, event) in events.iter().enumerate() {
             let event = EventRef {
@@ -298,7 +404,20 @@ impl Writer {
             |message: String, head: GlobalPosition| StoreError::ImportMismatch { message, head };
         let mut tails: HashMap<&str, (StreamTail, Option<StreamRevision>)> = HashMap::new();
         let mut position = self.next_position;
+        let mut ids = std::collections::HashSet::with_capacity(events.len());
         for event in events {
+            if !ids.insert(event.id) {
+                return Err(StoreError::DuplicateEventId(format!(
+                    "event id {} appears twice in the import",
+                    event.id
+                )));
+            }
+            if let Some(recorded) = self.index.lookup(&event.id)? {
+                return Err(StoreError::DuplicateEventId(format!(
+                    "event id {} is already recorded, at position {recorded}; an id is recorded once",
+                    event.id
+                )));
+            }
             if event.position != position {
                 return Err(mismatch(
                     format!(
@@ -311,7 +430,7 @@ impl Writer {
             let last = match tails.entry(&event.stream) {
                 Entry::Occupied(entry) => &mut entry.into_mut().1,
                 Entry::Vacant(entry) => {
-                    let tail = self.tail(group, &event.stream, false)?;
+                    let tail = self.tail(group, &event.stream)?;
                     let last = tail.last_revision;
                     &mut entry.insert((tail, last)).1
                 }
@@ -335,14 +454,12 @@ impl Writer {
                 let (tail, _) = tails.remove(event.stream.as_str()).unwrap_or((
                     StreamTail {
                         last_revision: None,
-                        recent: None,
                     },
                     None,
                 ));
                 let run = group.runs.remove(&event.stream).unwrap_or(StagedRun {
                     first_revision: event.revision,
                     positions: Vec::new(),
-                    ids: Vec::new(),
                 });
                 (run, tail)
             });
@@ -367,13 +484,8 @@ impl Writer {
         debug_assert_eq!(event.position, self.next_position);
         group.chunk.push(event);
         run.positions.push(event.position);
-        run.ids.push(event.id);
-        if let Some(recent) = tail.recent.as_mut() {
-            if recent.len() == RECENT_IDS {
-                recent.pop_front();
-            }
-            recent.push_back((event.id, event.revision, event.position));
-        }
+        self.index.insert(event.id, event.position);
+        tail.last_revision = Some(event.revision);
         self.next_position += 1;
         if group.chunk.len() >= CHUNK_MAX_EVENTS || group.chunk.byte_len() >= CHUNK_MAX_BYTES {
             group.close_chunk(self.next_position);
@@ -381,111 +493,338 @@ impl Writer {
     }
 
     /// The remembered end of `stream`, loaded from the log if needed.
-    fn tail(
-        &mut self,
-        group: &Group,
-        stream: &str,
-        with_ids: bool,
-    ) -> Result<StreamTail, StoreError> {
-        let cached = self.tails.get(stream);
-        if let Some(tail) = cached {
-            if !with_ids || tail.recent.is_some() {
-                return Ok(tail.clone());
-            }
+    fn tail(&mut self, group: &Group, stream: &str) -> Result<StreamTail, StoreError> {
+        if let Some(tail) = self.tails.get(stream) {
+            return Ok(*tail);
         }
         // Every earlier group is durable and published, so the reader sees the stream up to
         // this group; what this group staged for it comes from the group itself.
-        let staged = group.runs.get(stream);
-        let last_revision = match (staged, cached) {
-            (Some(run), _) => Some(run.first_revision + run.positions.len() as u64 - 1),
-            (None, Some(tail)) => tail.last_revision,
-            (None, None) => self.reader.last_revision(stream)?,
+        let last_revision = match group.runs.get(stream) {
+            Some(run) => Some(run.first_revision + run.positions.len() as u64 - 1),
+            None => self.reader.last_revision(stream)?,
         };
-        let mut tail = StreamTail {
-            last_revision,
-            recent: None,
-        };
-        if with_ids {
-            let mut recent: VecDeque<_> = self
-                .reader
-                .stream_tail(stream, RECENT_IDS)?
-                .into_iter()
-                .map(|e| (e.id, e.revision, e.position))
-                .collect();
-            if let Some(run) = staged {
-                for (i, (&id, &position)) in run.ids.iter().zip(&run.positions).enumerate() {
-                    recent.push_back((id, run.first_revision + i as u64, position));
-                }
-                while recent.len() > RECENT_IDS {
-                    recent.pop_front();
-                }
-            }
-            tail.recent = Some(recent);
+        Ok(StreamTail { last_revision })
+    }
+
+    /// If the client-chosen ids of `events` are already recorded: the outcome of the
+    /// original append, when this is a retry of it (same ids, same order, same stream).
+    ///
+    /// # Errors
+    /// [`StoreError::DuplicateEventId`] when some ids are recorded and the append is not
+    /// a retry of the one that recorded them (other ids beside them, another order, or
+    /// another stream).
+    fn find_original(
+        &self,
+        group: &Group,
+        stream: &str,
+        events: &[ProposedEvent],
+    ) -> Result<Option<AppendOutcome>, StoreError> {
+        let mut found = Vec::with_capacity(events.len());
+        for event in events {
+            let recorded = match event.id_from_client {
+                true => self.index.lookup(&event.id)?,
+                false => None,
+            };
+            found.push(recorded);
         }
-        Ok(tail)
+        let Some(first_found) = found.iter().position(Option::is_some) else {
+            return Ok(None);
+        };
+        let id = events[first_found].id;
+        let positions: Vec<GlobalPosition> = found.iter().flatten().copied().collect();
+        let consecutive = positions.len() == events.len()
+            && positions.windows(2).all(|pair| pair[1] == pair[0] + 1);
+        if !consecutive {
+            return Err(StoreError::DuplicateEventId(format!(
+                "event id {id} is already recorded, but this append does not repeat the \
+                 append that recorded it (its other events differ)"
+            )));
+        }
+        let located = self.locate(group, &positions)?;
+        if let Some((other, _)) = located.iter().find(|(s, _)| s != stream) {
+            return Err(StoreError::DuplicateEventId(format!(
+                "event id {id} is already recorded in stream {other:?}; an id is recorded once \
+                 in the whole log"
+            )));
+        }
+        let (first, last) = (positions[0], positions[positions.len() - 1]);
+        Ok(Some(AppendOutcome {
+            first_revision: located[0].1,
+            last_revision: located[located.len() - 1].1,
+            first_position: first,
+            last_position: last,
+        }))
+    }
+
+    /// The stream and revision of each of `positions` (ascending), whether durable or
+    /// staged in this group.
+    fn locate(
+        &self,
+        group: &Group,
+        positions: &[GlobalPosition],
+    ) -> Result<Vec<(String, StreamRevision)>, StoreError> {
+        let durable: Vec<GlobalPosition> = positions
+            .iter()
+            .copied()
+            .filter(|&p| p < group.start)
+            .collect();
+        let mut located: Vec<(String, StreamRevision)> = self
+            .reader
+            .events_at(&durable)?
+            .into_iter()
+            .map(|e| (e.stream, e.revision))
+            .collect();
+        for &position in &positions[durable.len()..] {
+            let staged = group.runs.iter().find_map(|(stream, run)| {
+                run.positions
+                    .iter()
+                    .position(|&p| p == position)
+                    .map(|i| (stream.clone(), run.first_revision + i as u64))
+            });
+            located.push(staged.ok_or_else(|| {
+                StoreError::Corrupt(format!("position {position} is indexed but not staged"))
+            })?);
+        }
+        Ok(located)
     }
 
     fn remember(&mut self, stream: &str, tail: StreamTail) {
         self.tails.insert(stream.to_owned(), tail);
     }
+}
 
-    /// After a failed write nothing remembered can be trusted: start again from the log.
-    fn recover_after_failure(&mut self) {
-        self.tails.clear();
-        let (lo, hi) = codec::chunk_key_bounds();
-        let recovered = self
-            .reader
-            .tree()
-            .range(lo..hi)
-            .next_back()
-            .and_then(|entry| entry.ok())
-            .and_then(|(key, value)| {
-                Some(codec::chunk_position(&key).ok()? + codec::chunk_len(&value).ok()?)
-            });
-        if let Some(head) = recovered {
-            self.next_position = head;
+/// The id index of the durable log `reader` sees: the sealed runs, and the ids after them
+/// read back from the log's chunks.
+fn load_index(reader: &LogReader) -> Result<IdIndex, StoreError> {
+    let (mut index, from) = IdIndex::load(reader.tree())?;
+    reader.scan(from, reader.head(), |event| {
+        index.insert(event.id, event.position);
+        true
+    })?;
+    Ok(index)
+}
+
+/// The position after the last event in the log tree (durable or not: the caller flushes
+/// first).
+pub(super) fn recover_head(log: &sled::Tree) -> Result<GlobalPosition, StoreError> {
+    let (lo, hi) = codec::chunk_key_bounds();
+    match log.range(lo..hi).next_back() {
+        None => Ok(0),
+        Some(entry) => {
+            let (key, value) = entry?;
+            Ok(codec::chunk_position(&key)? + codec::chunk_len(&value)?)
         }
     }
 }
 
-/// If `events` repeat ids already at the stream's tail, the outcome of the original append.
-///
-/// # Errors
-/// [`StoreError::DuplicateEventId`] when only some ids match, or they match out of order.
-fn find_retry(
-    tail: &StreamTail,
-    events: &[ProposedEvent],
-) -> Result<Option<AppendOutcome>, StoreError> {
-    let Some(recent) = tail.recent.as_ref() else {
-        return Ok(None);
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use uuid::Uuid;
+
+    use super::super::{
+        AppendOutcome, Direction, EventStore, ExpectedRevision, InjectedFaults, ProposedEvent,
+        SledStore, StoreConfig, StoreError, StreamName,
     };
-    let found = |id: &Uuid| recent.iter().position(|(seen, _, _)| seen == id);
-    let Some(start) = found(&events[0].id) else {
-        if let Some(event) = events.iter().find(|e| found(&e.id).is_some()) {
-            return Err(StoreError::DuplicateEventId(format!(
-                "event id {} is already in the stream, but the append does not repeat the original append",
-                event.id
-            )));
+
+    fn event(id: Uuid, from_client: bool) -> ProposedEvent {
+        ProposedEvent {
+            id,
+            id_from_client: from_client,
+            event_type: "E".into(),
+            data: "1".into(),
+            metadata: "{}".into(),
         }
-        return Ok(None);
-    };
-    let repeats = events.len() <= recent.len() - start
-        && events
-            .iter()
-            .zip(recent.iter().skip(start))
-            .all(|(event, (seen, _, _))| event.id == *seen);
-    if !repeats {
-        return Err(StoreError::DuplicateEventId(format!(
-            "event id {} is already in the stream, but the other events of this append differ from the ones that followed it",
-            events[0].id
-        )));
     }
-    let (_, first_revision, first_position) = recent[start];
-    let (_, last_revision, last_position) = recent[start + events.len() - 1];
-    Ok(Some(AppendOutcome {
-        first_revision,
-        last_revision,
-        first_position,
-        last_position,
-    }))
+
+    fn stream(name: &str) -> StreamName {
+        StreamName::parse(name).unwrap()
+    }
+
+    async fn append(
+        store: &SledStore,
+        name: &str,
+        expected: ExpectedRevision,
+        events: Vec<ProposedEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        store.append(stream(name), expected, events).await
+    }
+
+    fn open(dir: &tempfile::TempDir, faults: Arc<InjectedFaults>) -> SledStore {
+        SledStore::open_with_faults(&StoreConfig::new(dir.path()), faults).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_late_retry_answers_the_original_positions_and_an_id_is_never_recorded_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, Arc::default());
+        let ids = [Uuid::new_v4(), Uuid::new_v4()];
+        let batch = || ids.iter().map(|&id| event(id, true)).collect::<Vec<_>>();
+        let original = append(&store, "a-1", ExpectedRevision::NoStream, batch())
+            .await
+            .unwrap();
+        // The stream and the log move on far past any window.
+        for _ in 0..300 {
+            append(
+                &store,
+                "a-1",
+                ExpectedRevision::Any,
+                vec![event(Uuid::new_v4(), false)],
+            )
+            .await
+            .unwrap();
+        }
+        let retried = append(&store, "a-1", ExpectedRevision::NoStream, batch()).await;
+        assert_eq!(retried.unwrap(), original, "with an expected revision");
+        let retried = append(&store, "a-1", ExpectedRevision::Any, batch()).await;
+        assert_eq!(retried.unwrap(), original, "without one");
+        let elsewhere = append(&store, "b-1", ExpectedRevision::Any, batch()).await;
+        assert!(
+            matches!(&elsewhere, Err(StoreError::DuplicateEventId(m)) if m.contains("a-1")),
+            "{elsewhere:?}"
+        );
+        let partly = vec![event(ids[1], true), event(Uuid::new_v4(), true)];
+        let partly = append(&store, "a-1", ExpectedRevision::Any, partly).await;
+        assert!(matches!(partly, Err(StoreError::DuplicateEventId(_))));
+        assert!(
+            store
+                .read_stream(&stream("b-1"), None, 10, Direction::Forward)
+                .unwrap()
+                .is_none()
+        );
+
+        // After a restart too.
+        drop(store);
+        let store = open(&dir, Arc::default());
+        let retried = append(&store, "a-1", ExpectedRevision::Any, batch()).await;
+        assert_eq!(retried.unwrap(), original, "after a restart");
+        assert_eq!(store.head(), 302);
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_flush_no_write_is_acknowledged_until_the_store_has_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(InjectedFaults::default());
+        let store = open(&dir, faults.clone());
+        let mut acknowledged = Vec::new();
+        for _ in 0..5 {
+            let id = Uuid::new_v4();
+            append(&store, "s-1", ExpectedRevision::Any, vec![event(id, true)])
+                .await
+                .unwrap();
+            acknowledged.push(id);
+        }
+        faults.fail_every_flush();
+        let lost_id = Uuid::new_v4();
+        let failed = append(
+            &store,
+            "s-1",
+            ExpectedRevision::Any,
+            vec![event(lost_id, true)],
+        )
+        .await;
+        assert!(
+            matches!(failed, Err(StoreError::Unavailable(_))),
+            "{failed:?}"
+        );
+        // Stopped: refused at once, while reads of the durable log go on.
+        tokio::time::sleep(super::RECOVERY_INTERVAL).await;
+        let refused = append(
+            &store,
+            "s-2",
+            ExpectedRevision::Any,
+            vec![event(Uuid::new_v4(), true)],
+        )
+        .await;
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "{refused:?}"
+        );
+        let read = store
+            .read_stream(&stream("s-1"), None, 100, Direction::Forward)
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.events.len(), 5);
+        assert_eq!(store.head(), 5);
+
+        // The disk comes back: the failed write reached the tree, so recovery finds it
+        // durable and publishes it; nothing after it reuses its revision or position.
+        faults.clear();
+        tokio::time::sleep(super::RECOVERY_INTERVAL).await;
+        let next_id = Uuid::new_v4();
+        let next = append(
+            &store,
+            "s-1",
+            ExpectedRevision::Any,
+            vec![event(next_id, true)],
+        )
+        .await
+        .unwrap();
+        let retry = append(
+            &store,
+            "s-1",
+            ExpectedRevision::Any,
+            vec![event(lost_id, true)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (retry.first_revision, retry.first_position),
+            (5, 5),
+            "the retry finds the write that failed"
+        );
+        assert_eq!((next.first_revision, next.first_position), (6, 6));
+        let read = store
+            .read_stream(&stream("s-1"), None, 100, Direction::Forward)
+            .unwrap()
+            .unwrap();
+        let revisions: Vec<u64> = read.events.iter().map(|e| e.revision).collect();
+        let positions: Vec<u64> = read.events.iter().map(|e| e.position).collect();
+        assert_eq!(revisions, (0..7).collect::<Vec<_>>());
+        assert_eq!(positions, (0..7).collect::<Vec<_>>());
+        for id in &acknowledged {
+            assert!(read.events.iter().any(|e| e.id == *id));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_apply_stops_writes_and_recovery_reuses_no_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(InjectedFaults::default());
+        let store = open(&dir, faults.clone());
+        append(
+            &store,
+            "s-1",
+            ExpectedRevision::Any,
+            vec![event(Uuid::new_v4(), false)],
+        )
+        .await
+        .unwrap();
+        faults.fail_apply(1);
+        let failed = append(
+            &store,
+            "s-1",
+            ExpectedRevision::Exact(0),
+            vec![event(Uuid::new_v4(), false)],
+        )
+        .await;
+        assert!(
+            matches!(failed, Err(StoreError::Unavailable(_))),
+            "{failed:?}"
+        );
+        tokio::time::sleep(super::RECOVERY_INTERVAL).await;
+        let next = append(
+            &store,
+            "s-1",
+            ExpectedRevision::Exact(0),
+            vec![event(Uuid::new_v4(), false)],
+        )
+        .await
+        .unwrap();
+        assert_eq!((next.first_revision, next.first_position), (1, 1));
+        drop(store);
+        let store = open(&dir, Arc::default());
+        assert_eq!(store.head(), 2);
+    }
 }
