@@ -14,6 +14,7 @@ mod errors;
 mod languages;
 mod modules;
 mod openapi;
+mod promises;
 mod reads;
 mod sandbox;
 mod security;

@@ -41,11 +41,17 @@ impl Server {
 
     /// Starts a server with extra `serve` arguments.
     pub async fn start_with(args: &[&str]) -> Self {
+        Self::start_in(&std::env::temp_dir(), args).await
+    }
+
+    /// Starts a server whose store lives in a new folder inside `parent` (a small
+    /// filesystem, say).
+    pub async fn start_in(parent: &Path, args: &[&str]) -> Self {
         let port = free_port();
         let mut server = Self {
             url: format!("http://127.0.0.1:{port}"),
             port,
-            data: tempfile::tempdir().expect("a temporary folder"),
+            data: tempfile::tempdir_in(parent).expect("a temporary folder"),
             child: None,
             extra_args: args.iter().map(|a| a.to_string()).collect(),
             client: reqwest::Client::builder()
@@ -131,6 +137,23 @@ impl Server {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("a running server").id()
+    }
+
+    /// The server's peak resident memory so far (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("reading the server's /proc status");
+        let kib: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmHWM line");
+        kib / 1024.0
     }
 
     /// SIGKILL: no chance to flush or clean up.
