@@ -3,9 +3,15 @@
 //! The crate is laid out by layer:
 //!
 //! - [`store`]: the event log. Domain types, the [`store::EventStore`] trait, and the
-//!   embedded sled backend with its group-commit writer. Owns durability.
+//!   embedded sled backend with its group-commit writer and event-id index. Owns
+//!   durability, and stops acknowledging writes after a storage error until it recovers.
+//! - [`engine`]: the WebAssembly runtime: one wasmtime engine, upload checks, the sealed
+//!   sandbox (constant clocks and randomness, bounded host buffers) and guest instances.
+//! - [`modules`]: deployed modules: the registry, one runner per module version, their
+//!   state and checkpoints, time travel, verify and replay.
 //! - [`http`]: the HTTP API (axum), with one error type that maps every failure to the
 //!   JSON error shape and a stable code.
+//! - [`metrics`]: the Prometheus counters. [`memory`]: giving freed heap back.
 //! - [`server`]: opens the store, serves the API, and shuts down gracefully.
 //! - [`cli`]: the `refold` command line: `serve`, and client commands against a running
 //!   server.
@@ -13,6 +19,7 @@
 pub mod cli;
 pub mod engine;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod modules;
 pub mod server;

@@ -71,6 +71,36 @@ fn open_registry(dir: &Path, store: &Arc<SledStore>) -> Arc<ModuleRegistry> {
     .expect("the registry opens")
 }
 
+/// glibc's heap: (bytes in use by the program, bytes held from the system), in MiB, so
+/// that a growing RSS can be told apart into what the program keeps and what the
+/// allocator keeps for it (fragmentation). Wasm linear memories are mapped outside it.
+fn heap_mib() -> (f64, f64) {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Mallinfo2 {
+        arena: usize,
+        ordblks: usize,
+        smblks: usize,
+        hblks: usize,
+        hblkhd: usize,
+        usmblks: usize,
+        fsmblks: usize,
+        uordblks: usize,
+        fordblks: usize,
+        keepcost: usize,
+    }
+    unsafe extern "C" {
+        fn mallinfo2() -> Mallinfo2;
+    }
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    let info = unsafe { mallinfo2() };
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    (
+        mib(info.uordblks + info.hblkhd),
+        mib(info.arena + info.hblkhd),
+    )
+}
+
 /// A line of resident-memory samples, in the report's columns.
 fn print_series(name: &str, samples: &[f64]) {
     let values: Vec<String> = samples.iter().map(|s| format!("{s:.0}")).collect();
@@ -187,10 +217,15 @@ async fn rebuild_phase(dir: &Path) {
     let deployed: Vec<_> = module_names()
         .iter()
         .map(|name| {
-            registry
+            let deployed = registry
                 .deploy(name, &wasm, ModuleSettings::default(), Activation::Auto)
-                .expect("deploy")
-                .module
+                .expect("deploy");
+            // On a kept log (`--restart-phase rebuild --restart-dir DIR`) the modules are
+            // there already: rebuild them from position 0.
+            match deployed.changed {
+                true => deployed.module,
+                false => registry.reset(name).expect("reset"),
+            }
         })
         .collect();
     // Each deploy compiles the component, and its runner starts at once: the rate below
@@ -213,9 +248,11 @@ async fn rebuild_phase(dir: &Path) {
         let tenths = done * 10 / (head * MODULES as u64).max(1);
         while (samples.len() as u64) < tenths {
             let (rss, _) = memory_mib("self");
+            let (in_use, held) = heap_mib();
             samples.push(rss);
             println!(
-                "(rebuilding {MODULES} modules: {:>3}%, {:5.1} s, RSS {rss:.0} MiB)",
+                "(rebuilding {MODULES} modules: {:>3}%, {:5.1} s, RSS {rss:.0} MiB; heap in use \
+                 {in_use:.0} MiB, held {held:.0} MiB)",
                 samples.len() * 10,
                 rebuild_started.elapsed().as_secs_f64()
             );

@@ -376,6 +376,7 @@ impl Runner {
         self.checkpoint = next;
         self.dirty_since.get_or_insert_with(Instant::now);
         self.publish(None);
+        crate::memory::trim_if_due();
         Ok(())
     }
 
