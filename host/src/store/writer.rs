@@ -247,6 +247,16 @@ impl Writer {
         if self.tails.len() >= MAX_CACHED_STREAMS {
             self.tails.clear();
         }
+        // Between groups every indexed id is durable: the index may seal them.
+        if let Err(err) = self.index.maintain() {
+            self.fail(&err);
+            for job in jobs {
+                job.refuse(StoreError::Unavailable(format!(
+                    "the store accepts no writes since a storage error ({err})"
+                )));
+            }
+            return;
+        }
         let group_start = self.next_position;
         let mut group = Group::new(group_start);
         let mut answers = Vec::with_capacity(jobs.len());
@@ -263,8 +273,7 @@ impl Writer {
             });
         }
         if self.next_position > group_start {
-            let mut batch = group.finish(self.next_position);
-            self.index.seal_if_full(&mut batch, self.next_position);
+            let batch = group.finish(self.next_position);
             let written = self
                 .faults
                 .before_apply()
@@ -272,11 +281,7 @@ impl Writer {
                 .and_then(|()| self.faults.before_flush())
                 .and_then(|()| self.db.flush().map(|_| ()).map_err(StoreError::from));
             if let Err(err) = written {
-                tracing::error!(%err, "group commit failed: no write is acknowledged until the store recovers");
-                self.failure = Some(StoreFailure {
-                    reason: err.to_string(),
-                    last_attempt: Instant::now(),
-                });
+                self.fail(&err);
                 let message = format!(
                     "the write failed ({err}); it may or may not have reached the disk: \
                      retry it with the same event ids once the store accepts writes again"
@@ -291,6 +296,15 @@ impl Writer {
         for answer in answers {
             answer.send();
         }
+    }
+
+    /// Stops acknowledging writes until a recovery succeeds.
+    fn fail(&mut self, err: &StoreError) {
+        tracing::error!(%err, "a write failed: no write is acknowledged until the store recovers");
+        self.failure = Some(StoreFailure {
+            reason: err.to_string(),
+            last_attempt: Instant::now(),
+        });
     }
 
     fn publish(&self, head: GlobalPosition) {
@@ -329,6 +343,9 @@ impl Writer {
     /// failed batch reached it), then the head, the tails and the id index from the log.
     fn recover(&mut self) -> Result<GlobalPosition, StoreError> {
         self.faults.before_flush()?;
+        // A run still being sealed finishes first, so that nothing writes beside the index
+        // read back below (if it failed, the ids are read back from the log instead).
+        let _ = self.index.finish_sealing();
         self.db.flush()?;
         let head = recover_head(self.reader.tree())?;
         // The reader must see the whole durable log to read the ids back.
