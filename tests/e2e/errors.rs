@@ -178,3 +178,40 @@ async fn bad_stream_names_and_query_values_are_named() {
     // Nothing was appended by any of it, and the server is still fine.
     assert_eq!(server.read_all_fully().await.len(), 1);
 }
+
+#[tokio::test]
+async fn module_operations_that_do_not_fit_get_their_own_codes() {
+    let server = Server::start().await;
+    let (status, _) = server
+        .deploy("summary", crate::support::example("order-summary.wasm"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_error(
+        server.action("summary", "explode").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        server.action("no-such-module", "pause").await,
+        StatusCode::NOT_FOUND,
+        "module_not_found",
+    );
+    assert_error(
+        server.action("summary", "skip").await,
+        StatusCode::CONFLICT,
+        "not_faulted",
+    );
+    server
+        .append_ok(
+            "order-1",
+            &event("OrderPlaced", json!({"customer": "c", "total": 1})),
+        )
+        .await;
+    assert_error(
+        server
+            .get("/projections/summary/streams/order-1?revision=0")
+            .await,
+        StatusCode::BAD_REQUEST,
+        "wrong_module_kind",
+    );
+}

@@ -90,9 +90,14 @@ impl From<ModuleError> for ApiError {
                     "module {name} has no version {version:?}; GET /projections/{name}/versions lists them"
                 ),
             ),
-            ModuleError::Conflict(message) => {
+            ModuleError::NotFaulted(message) => {
                 ApiError::new(StatusCode::CONFLICT, "not_faulted", message)
             }
+            ModuleError::Conflict(message) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            ModuleError::WrongKind(message) => ApiError::bad_request("wrong_module_kind", message),
+            ModuleError::UnknownAction(_) => ApiError::not_found("not_found", err.to_string()),
             ModuleError::Guest { during, error } => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "guest_failed",
@@ -281,20 +286,12 @@ pub async fn action(
                 let verification = modules.verify(&target)?;
                 return Ok(serde_json::to_value(verification).unwrap_or_default());
             }
-            other => {
-                return Err(ModuleError::NotFound(format!("{target}/{other}")));
-            }
+            other => return Err(ModuleError::UnknownAction(other.to_owned())),
         };
         Ok(summary(&module, head))
     })
     .await?;
-    match outcome {
-        Err(ModuleError::NotFound(what)) if what.contains('/') => Err(ApiError::not_found(
-            "not_found",
-            "unknown action; use pause, resume, reset, skip or verify",
-        )),
-        other => Ok(Json(other?)),
-    }
+    Ok(Json(outcome?))
 }
 
 pub async fn versions(

@@ -452,7 +452,10 @@ pub fn table(limits: &Limits) -> Vec<(Endpoint, MethodRouter<AppState>)> {
                 &[
                     (200, "done"),
                     (404, "no such module or action"),
-                    (409, "skip: the module is not faulted at an event"),
+                    (
+                        409,
+                        "not_faulted: skip, and the module is not faulted at an event; conflict: verify, and a new version or a reset came meanwhile",
+                    ),
                     (
                         422,
                         "guest_failed: verify's rebuild stopped on the module's failure",

@@ -100,9 +100,10 @@ pub(super) fn stream_state_at(
     point: Point,
 ) -> Result<Option<PastState>, ModuleError> {
     if module.kind != ModuleKind::Reducer {
-        return Err(ModuleError::Conflict(
-            "only a reducer has per-stream history".into(),
-        ));
+        return Err(ModuleError::WrongKind(format!(
+            "module {} is a projection and has no per-stream state; query /state/{{key}} or /state?prefix= instead",
+            module.name
+        )));
     }
     let store: &dyn EventStore = registry.store.as_ref();
     let Some(target) = revision_at(store, stream, point)? else {

@@ -35,6 +35,11 @@ pub use registry::{Activation, ModuleRegistry, Role, VersionView};
 use state::ModuleState;
 pub use verify::{Diff, Verification};
 
+/// Now, as module records and faults show it: RFC 3339 in UTC, to the millisecond.
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// What a module is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -329,9 +334,18 @@ pub enum ModuleError {
     NotFound(String),
     #[error("module {0:?} has no version {1:?}")]
     VersionNotFound(String, String),
-    /// The operation does not fit the module's state (skip when not faulted).
+    /// `skip` when the module is not faulted at an event.
+    #[error("{0}")]
+    NotFaulted(String),
+    /// The module changed under the operation (a new version, a reset): try it again.
     #[error("{0}")]
     Conflict(String),
+    /// The operation needs another kind of module (history of a projection).
+    #[error("{0}")]
+    WrongKind(String),
+    /// `POST /projections/{name}/{action}` with an action that does not exist.
+    #[error("unknown action {0:?}; use pause, resume, reset, skip or verify")]
+    UnknownAction(String),
     /// The guest failed while the host ran it on demand (a past-state query, a replay, a
     /// verify): a trap, a time or memory limit, an error result, a broken contract.
     #[error("{during}: {error}")]

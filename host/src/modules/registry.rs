@@ -26,7 +26,7 @@ use super::state::{Changes, DeadLetter, ModuleState};
 use super::verify::{self, Diff, Verification};
 use super::{
     Deployed, DeployedModule, ModuleError, ModuleSettings, Progress, RunnerControl, RunnerHandle,
-    Status, validate_name,
+    Status, now_rfc3339, validate_name,
 };
 use crate::engine::{CompiledModule, Guest, ModuleKind, ModuleLimits, WasmEngine};
 use crate::store::{EventStore, GlobalPosition, SledStore};
@@ -130,10 +130,6 @@ fn state_tree_name(name: &str, version: &str) -> String {
 
 fn record_key(name: &str) -> String {
     format!("module/{name}")
-}
-
-fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Every deployed module, and what they share.
@@ -828,7 +824,7 @@ impl ModuleRegistry {
     /// dead letter, and starts it again.
     ///
     /// # Errors
-    /// [`ModuleError::Conflict`] if it is not faulted at an event.
+    /// [`ModuleError::NotFaulted`] if it is not faulted at an event.
     pub fn skip(&self, name: &str) -> Result<Arc<DeployedModule>, ModuleError> {
         self.operate(name, |registry, entry| {
             let module = entry.current.clone();
@@ -836,7 +832,7 @@ impl ModuleRegistry {
             let fault = match (&progress.status, &progress.fault) {
                 (Status::Faulted, Some(fault)) if fault.position.is_some() => fault.clone(),
                 _ => {
-                    return Err(ModuleError::Conflict(format!(
+                    return Err(ModuleError::NotFaulted(format!(
                         "module {name} is not stopped at an event (it is {}); skip steps over the event a faulted module stopped at",
                         serde_json::to_value(progress.status).unwrap_or_default()
                     )));

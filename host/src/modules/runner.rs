@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::prefetch::{self, Next, Prefetch};
 use super::state::{Changes, DeadLetter, KvOverlay, StreamState};
-use super::{DeployedModule, Fault, FaultPolicy, RunnerControl, Status};
+use super::{DeployedModule, Fault, FaultPolicy, RunnerControl, Status, now_rfc3339};
 use crate::engine::bindings::{Event, StreamBatch};
 use crate::engine::{Guest, GuestError, GuestErrorKind, ModuleKind};
 use crate::store::{EventFilter, EventRef, EventStore, GlobalPosition, SledStore, StreamRevision};
@@ -162,10 +162,6 @@ pub(super) fn to_guest_event(event: &EventRef<'_>) -> Event {
         metadata: event.metadata.to_owned(),
         recorded_at: u64::try_from(event.recorded_at_micros).unwrap_or(0),
     }
-}
-
-fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl Runner {
