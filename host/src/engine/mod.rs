@@ -387,15 +387,11 @@ impl GuestError {
                     limits.call_timeout
                 ),
             ),
-            _ if chain.contains("forcing trap when growing memory")
-                || chain.contains("memory minimum size") =>
-            {
+            _ if err.downcast_ref::<sandbox::LimitHit>().is_some() => {
+                let hit = err.downcast_ref::<sandbox::LimitHit>();
                 Self::new(
                     GuestErrorKind::MemoryLimit,
-                    format!(
-                        "the guest tried to grow its memory past the module's limit of {} bytes",
-                        limits.memory_bytes
-                    ),
+                    hit.map_or_else(String::new, ToString::to_string),
                 )
             }
             Some(trap) => {

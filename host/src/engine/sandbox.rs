@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::Serialize;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime::ResourceLimiter;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{
@@ -61,7 +61,7 @@ pub trait StateStore: Send + std::any::Any {
 pub struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(super) limits: StoreLimits,
+    pub(super) limits: GuestLimiter,
     /// The read model a projection call writes through; `None` outside calls.
     pub(super) state_store: Option<Box<dyn StateStore>>,
     /// Why the last state-store call trapped, to report it instead of a bare trap.
@@ -92,14 +92,10 @@ impl GuestState {
         Self {
             wasi,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.memory_bytes)
-                .table_elements(limits.table_elements)
-                .instances(64)
-                .tables(64)
-                .memories(16)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: GuestLimiter {
+                memory_bytes: limits.memory_bytes,
+                table_elements: limits.table_elements,
+            },
             state_store: None,
             store_failure: None,
             call_write_bytes: 0,
@@ -116,6 +112,73 @@ impl WasiView for GuestState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+/// The guest's memories and tables, each held to the module's limit. Growing past it traps
+/// with a [`LimitHit`], which the caller recognises by type.
+pub(super) struct GuestLimiter {
+    memory_bytes: usize,
+    table_elements: usize,
+}
+
+/// A guest tried to grow a memory or a table past its module's limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the guest tried to grow {what} to {desired} {unit}; the module's limit is {limit} {unit}")]
+pub struct LimitHit {
+    pub what: &'static str,
+    pub unit: &'static str,
+    pub desired: usize,
+    pub limit: usize,
+}
+
+impl ResourceLimiter for GuestLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            return Err(LimitHit {
+                what: "its memory",
+                unit: "bytes",
+                desired,
+                limit: self.memory_bytes,
+            }
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.table_elements {
+            return Err(LimitHit {
+                what: "a table",
+                unit: "elements",
+                desired,
+                limit: self.table_elements,
+            }
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        64
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
     }
 }
 
