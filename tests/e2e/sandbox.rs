@@ -186,6 +186,15 @@ async fn hostile_modules_fault_alone_within_their_limits_while_the_rest_keeps_go
         "the log keeps at most its limit: {kept} bytes"
     );
     assert!(logs["dropped"].as_u64().unwrap() > 0);
+    // Paging by line number: `from` the first kept line, five at a time.
+    let first = logs["first"].as_u64().unwrap();
+    let (_, page) = server
+        .get(&format!("/projections/hostile/logs?from={first}&limit=5"))
+        .await;
+    assert_eq!(page["lines"].as_array().unwrap().len(), 5, "{page}");
+    assert_eq!(page["lines"][0], logs["lines"][0]);
+    assert_eq!(page["next"].as_u64(), Some(first + 5));
+    assert_eq!(page["written"], logs["written"]);
 
     // Reading the clock and randomness in a loop is allowed, and deterministic.
     let position = append(&server, "hostile-2", "Clock").await;

@@ -262,6 +262,17 @@ pub struct LogLine {
     pub line: String,
 }
 
+/// A page of a module's log (see [`GuestLog::since`]).
+pub struct LogPage {
+    pub lines: Vec<LogLine>,
+    /// The number of the first line in `lines`.
+    pub first: u64,
+    /// Lines ever written: the number the next line will get.
+    pub written: u64,
+    /// Lines dropped to keep the log within its bound, overall.
+    pub dropped: u64,
+}
+
 #[derive(Default)]
 struct LogBuffer {
     lines: VecDeque<LogLine>,
@@ -332,6 +343,28 @@ impl GuestLog {
             lines.push(String::from_utf8_lossy(partial).into_owned());
         }
         lines
+    }
+
+    /// Up to `limit` kept lines numbered `from` on (lines are numbered from 0 in the order
+    /// written), oldest first, with the number of the first one returned; lines dropped
+    /// before `from` was asked for are skipped.
+    pub fn since(&self, from: u64, limit: usize) -> LogPage {
+        let buffer = self.0.lock();
+        let first_kept = buffer.written - buffer.lines.len() as u64;
+        let first = from.max(first_kept);
+        let skip = usize::try_from(first - first_kept).unwrap_or(usize::MAX);
+        LogPage {
+            lines: buffer
+                .lines
+                .iter()
+                .skip(skip)
+                .take(limit)
+                .cloned()
+                .collect(),
+            first,
+            written: buffer.written,
+            dropped: buffer.dropped,
+        }
     }
 
     /// The most recent `limit` lines, oldest first, and how many were dropped overall.
@@ -440,6 +473,23 @@ mod tests {
         let text: Vec<_> = lines.iter().map(|l| l.line.as_str()).collect();
         assert_eq!(text, ["second line", "third"]);
         assert_eq!(dropped, 2);
+    }
+
+    #[test]
+    fn the_log_pages_by_line_number_from_what_is_kept() {
+        let log = GuestLog::new(20);
+        log.write(LogSource::Stdout, b"one\ntwo\nthree\nfour\nfive\nsix\n");
+        // 20 bytes keep "three".."six" (lines 2 to 5).
+        let page = log.since(0, 2);
+        let text: Vec<_> = page.lines.iter().map(|l| l.line.as_str()).collect();
+        assert_eq!(
+            (text, page.first, page.written),
+            (vec!["three", "four"], 2, 6)
+        );
+        let page = log.since(4, 10);
+        let text: Vec<_> = page.lines.iter().map(|l| l.line.as_str()).collect();
+        assert_eq!((text, page.first), (vec!["five", "six"], 4));
+        assert!(log.since(6, 10).lines.is_empty());
     }
 
     #[test]

@@ -242,11 +242,23 @@ pub async fn logs(
     let Path(name) = path?;
     let Query(query) = query?;
     let limit = params::limit(query.limit.as_deref())?;
+    let from = params::u64_param("from", query.from.as_deref())?;
     let module = version_caught_up(&app, &name, &query.consistency).await?;
-    let (lines, dropped) = module.log.tail(limit);
-    Ok(Json(
-        json!({ "name": name, "version": module.version, "lines": lines, "dropped": dropped }),
-    ))
+    // Without `from`: the most recent lines. With it: the lines numbered from there on.
+    let written = module.log.written();
+    let from = from.unwrap_or_else(|| written.saturating_sub(limit as u64));
+    let page = module.log.since(from, limit);
+    let after = page.first + page.lines.len() as u64;
+    let next = (after < page.written).then_some(after);
+    Ok(Json(json!({
+        "name": name,
+        "version": module.version,
+        "lines": page.lines,
+        "first": page.first,
+        "next": next,
+        "written": page.written,
+        "dropped": page.dropped,
+    })))
 }
 
 pub async fn dead_letters(

@@ -376,7 +376,7 @@ pub fn table(limits: &Limits) -> Vec<(Endpoint, MethodRouter<AppState>)> {
                 M::GET,
                 "/projections/{name}/logs",
                 READ,
-                "What the module printed, most recent last",
+                "What the module printed, oldest first: the most recent `limit` lines, or with `from` the lines numbered from there (lines are numbered from 0 as written; `written` is the next number, `next` the `from` of the following page)",
                 PAGE,
                 MODULE_ERRORS,
             ),
