@@ -479,12 +479,12 @@ mod tests {
     fn the_log_pages_by_line_number_from_what_is_kept() {
         let log = GuestLog::new(20);
         log.write(LogSource::Stdout, b"one\ntwo\nthree\nfour\nfive\nsix\n");
-        // 20 bytes keep "three".."six" (lines 2 to 5).
+        // 20 bytes keep "two".."six" (lines 1 to 5).
         let page = log.since(0, 2);
         let text: Vec<_> = page.lines.iter().map(|l| l.line.as_str()).collect();
         assert_eq!(
             (text, page.first, page.written),
-            (vec!["three", "four"], 2, 6)
+            (vec!["two", "three"], 1, 6)
         );
         let page = log.since(4, 10);
         let text: Vec<_> = page.lines.iter().map(|l| l.line.as_str()).collect();
