@@ -18,7 +18,7 @@ mod subscribe;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -76,7 +76,7 @@ pub struct AppState {
 
 /// The whole API, built from [`routes::table`].
 pub fn router(state: AppState) -> Router {
-    let table = routes::table(&state.limits);
+    let table = routes::table();
     let mut by_path: BTreeMap<&'static str, MethodRouter<AppState>> = BTreeMap::new();
     for (endpoint, handler) in &table {
         let guarded = handler.clone().route_layer(middleware::from_fn_with_state(
@@ -94,7 +94,6 @@ pub fn router(state: AppState) -> Router {
         openapi: Arc::new(observe::openapi_document(&endpoints)),
         ..state
     };
-    let body_limit = state.limits.max_body_bytes;
     let mut router = Router::new();
     for (path, handler) in by_path {
         router = router.route(path, handler);
@@ -103,7 +102,6 @@ pub fn router(state: AppState) -> Router {
         .merge(console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
         .layer(
             tower::ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

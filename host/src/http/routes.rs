@@ -3,12 +3,11 @@
 //! the OpenAPI document (`GET /openapi.json`) are all built from this table, so none of
 //! them can drift from the others.
 
-use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, post, put};
 
 use super::auth::{Access, Role};
-use super::{AppState, Limits, backup, events, observe, projections, queries, subscribe};
+use super::{AppState, backup, events, observe, projections, queries, subscribe};
 
 /// What a request carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,7 +92,7 @@ fn endpoint(
 }
 
 /// Every endpoint with its handler.
-pub fn table(limits: &Limits) -> Vec<(Endpoint, MethodRouter<AppState>)> {
+pub fn table() -> Vec<(Endpoint, MethodRouter<AppState>)> {
     use Method as M;
     const READ_STREAM: &[(&str, &str)] = params!(
         "from" => "first revision to read",
@@ -314,7 +313,9 @@ pub fn table(limits: &Limits) -> Vec<(Endpoint, MethodRouter<AppState>)> {
                     ],
                 )
             },
-            put(projections::deploy).layer(DefaultBodyLimit::max(limits.max_module_bytes)),
+            // Bodies are read by `body::read_limited`, each route with its own limit (here
+            // `max_module_bytes`), so that an oversized one is answered 413 and drained.
+            put(projections::deploy),
         ),
         (
             endpoint(
