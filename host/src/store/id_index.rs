@@ -86,8 +86,8 @@ impl RecentIds {
         self.ids.push(id);
     }
 
-    fn get(&self, id: &Uuid) -> Option<GlobalPosition> {
-        if !self.filter.may_contain(hash_id(id)) {
+    fn get(&self, id: &Uuid, hash: u64) -> Option<GlobalPosition> {
+        if !self.filter.may_contain(hash) {
             return None;
         }
         let at = self.ids.iter().rposition(|seen| seen == id)?;
@@ -176,13 +176,13 @@ impl IdIndex {
     /// # Errors
     /// Storage failures, or a page that does not decode.
     pub(super) fn lookup(&self, id: &Uuid) -> Result<Option<GlobalPosition>, StoreError> {
-        if let Some(position) = self.recent.get(id) {
-            return Ok(Some(position));
-        }
-        if let Some(position) = self.sealing.as_ref().and_then(|s| s.ids.get(id)) {
-            return Ok(Some(position));
-        }
         let hash = hash_id(id);
+        if let Some(position) = self.recent.get(id, hash) {
+            return Ok(Some(position));
+        }
+        if let Some(position) = self.sealing.as_ref().and_then(|s| s.ids.get(id, hash)) {
+            return Ok(Some(position));
+        }
         for run in self.runs.iter().rev() {
             if !run.filter.may_contain(hash) {
                 continue;

@@ -400,7 +400,6 @@ impl Writer {
         }
         group.runs.insert(stream.as_str().to_owned(), run);
         let count = events.len() as u64;
-        tail.last_revision = Some(first_revision + count - 1);
         self.remember(stream.as_str(), tail);
         Ok(AppendOutcome {
             first_revision,
@@ -481,7 +480,6 @@ impl Writer {
                 (run, tail)
             });
             self.push_event(group, run, tail, &event.as_ref());
-            tail.last_revision = Some(event.revision);
         }
         for (stream, (run, tail)) in staged {
             group.runs.insert(stream.to_owned(), run);
