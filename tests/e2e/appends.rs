@@ -145,11 +145,7 @@ async fn a_retry_with_the_same_ids_appends_nothing_and_answers_with_the_original
     let server = Server::start().await;
     server.post("/streams/other-1", &event("X", json!(0))).await;
     let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    let batch = json!(
-        ids.iter()
-            .map(|id| json!({"type": "Deposited", "data": {"amount": 1}, "id": id}))
-            .collect::<Vec<_>>()
-    );
+    let batch = crate::support::deposits_with_ids(&ids);
     let (status, original) = server
         .post("/streams/account-7?expected_revision=no_stream", &batch)
         .await;

@@ -180,17 +180,7 @@ async fn an_import_must_continue_the_log_and_its_streams_exactly() {
     let server = Server::start().await;
     let post = |body: String| {
         let server = &server;
-        async move {
-            let response = server
-                .client
-                .post(server.path("/import"))
-                .header("content-type", "application/x-ndjson")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            crate::support::decode(response).await
-        }
+        async move { server.import(body).await.expect("the import is answered") }
     };
     let cases = [
         // Not at the head of the (empty) log.

@@ -146,14 +146,10 @@ fn plan_import(round: usize, head: u64, count: u64) -> (SentImport, String) {
 
 /// Sends an import body; whether it was acknowledged.
 async fn send_import(server: &Server, body: String) -> bool {
-    let response = server
-        .client
-        .post(server.path("/import"))
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await;
-    response.is_ok_and(|r| r.status().is_success())
+    server
+        .import(body)
+        .await
+        .is_ok_and(|(status, _)| status.is_success())
 }
 
 /// What the soak checked, for its closing line.

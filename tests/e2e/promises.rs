@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Server, error_code, event, test_guest};
+use crate::support::{Server, deposits_with_ids, error_code, event, test_guest};
 
 /// Appends one event and returns its position.
 async fn append_one(server: &Server, stream: &str, event_type: &str, data: Value) -> u64 {
@@ -176,11 +176,7 @@ async fn what_init_returns_is_held_to_the_same_size_and_json_rules_as_apply() {
 async fn a_late_retry_gets_its_original_positions_and_an_id_is_recorded_once_in_the_whole_log() {
     let mut server = Server::start().await;
     let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    let batch = json!(
-        ids.iter()
-            .map(|id| json!({"type": "Deposited", "data": {"amount": 1}, "id": id}))
-            .collect::<Vec<_>>()
-    );
+    let batch = deposits_with_ids(&ids);
     let (status, original) = server
         .post("/streams/account-9?expected_revision=no_stream", &batch)
         .await;

@@ -139,6 +139,21 @@ impl Server {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// `POST /import` with an NDJSON body (recorded events, one per line).
+    ///
+    /// # Errors
+    /// The request did not get an answer (the server died, say).
+    pub async fn import(&self, body: String) -> Result<(StatusCode, Value), reqwest::Error> {
+        let response = self
+            .client
+            .post(self.path("/import"))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await?;
+        Ok(decode(response).await)
+    }
+
     /// The server process's id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("a running server").id()
@@ -286,6 +301,15 @@ pub fn error_code(body: &Value) -> &str {
 }
 
 /// A deposit-like event.
+/// An append body of `Deposited` events of amount 1, one per client-chosen id.
+pub fn deposits_with_ids(ids: &[String]) -> Value {
+    serde_json::json!(
+        ids.iter()
+            .map(|id| serde_json::json!({"type": "Deposited", "data": {"amount": 1}, "id": id}))
+            .collect::<Vec<_>>()
+    )
+}
+
 pub fn event(event_type: &str, data: Value) -> Value {
     serde_json::json!({ "type": event_type, "data": data })
 }
