@@ -62,6 +62,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         let modules = ModuleRegistry::open(
             engine,
             store.clone(),
+            store.clone(),
             compiled_dir,
             module_limits,
             keep_versions,

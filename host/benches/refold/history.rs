@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use refold::modules::Point;
-use refold::store::{EventStore, ExpectedRevision, SledStore, StoreConfig, StreamName};
+use refold::store::{EventLog, EventStore, ExpectedRevision, SledStore, StoreConfig, StreamName};
 use serde_json::json;
 
 use super::modules::{build_examples, deploy_and_rebuild, open_registry, proposed, repo_root};

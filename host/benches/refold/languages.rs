@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use refold::engine::sandbox::GuestLog;
 use refold::engine::{Guest, ModuleLimits, WasmEngine};
 use refold::modules::ModuleRegistry;
-use refold::store::{EventStore, SledStore, StoreConfig};
+use refold::store::{EventLog, SledStore, StoreConfig};
 
 use super::modules::{
     bank_event, build_examples_with, deploy_and_rebuild, fill, open_registry, order_event,

@@ -11,7 +11,8 @@ use refold::engine::{ModuleLimits, WasmEngine};
 use refold::modules::state::{ModuleState, StreamState};
 use refold::modules::{Activation, Deployed, ModuleRegistry, ModuleSettings, Status};
 use refold::store::{
-    EventStore, ExpectedRevision, ProposedEvent, SledStore, StoreConfig, StreamName,
+    EventLog, EventStore, ExpectedRevision, Keyspaces, ProposedEvent, SledStore, StoreConfig,
+    StreamName,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -155,7 +156,7 @@ fn native_bank_fold(store: &SledStore, state: &ModuleState) -> u64 {
     let head = store.head();
     while next < head {
         next = store
-            .scan_log(next, head, |e| {
+            .scan(next, head, &mut |e| {
                 if !e.stream.starts_with("account-") {
                     return true;
                 }
@@ -210,6 +211,7 @@ pub fn open_registry(store: &Arc<SledStore>, dir: &Path) -> Arc<ModuleRegistry> 
     let engine = Arc::new(WasmEngine::new().expect("engine"));
     ModuleRegistry::open(
         engine,
+        store.clone(),
         store.clone(),
         dir.join("compiled"),
         ModuleLimits::default(),
@@ -295,9 +297,8 @@ pub async fn rebuild_and_lag(events: u64, seconds: f64) {
     let (mut native_rates, mut wasm_rates) = (Vec::new(), Vec::new());
     for round in 0..REBUILD_ROUNDS {
         let tree = store
-            .db()
-            .open_tree(format!("bench/native-{round}"))
-            .expect("tree");
+            .open(&format!("bench/native-{round}"))
+            .expect("keyspace");
         let started = Instant::now();
         let folded = native_bank_fold(&store, &ModuleState::new(tree));
         native_rates.push(folded as f64 / started.elapsed().as_secs_f64());

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use refold::engine::{ModuleLimits, WasmEngine};
 use refold::modules::{Activation, ModuleRegistry, ModuleSettings, Status};
-use refold::store::{EventFilter, EventStore, SledStore, StoreConfig};
+use refold::store::{EventFilter, EventLog, SledStore, StoreConfig};
 use serde_json::Value;
 
 use super::{disk_usage, memory_mib, modules, report};
@@ -63,6 +63,7 @@ fn open_registry(dir: &Path, store: &Arc<SledStore>) -> Arc<ModuleRegistry> {
     let engine = Arc::new(WasmEngine::new().expect("the engine"));
     ModuleRegistry::open(
         engine,
+        store.clone(),
         store.clone(),
         dir.join("compiled"),
         ModuleLimits::default(),

@@ -149,7 +149,7 @@ async fn method_not_allowed() -> ApiError {
 mod tests {
     use super::*;
     use crate::engine::{ModuleLimits, WasmEngine};
-    use crate::store::{SledStore, StoreConfig};
+    use crate::store::{EventLog, SledStore, StoreConfig};
     use axum::body::Body;
     use axum::http::Request;
     use tower::Service;
@@ -161,6 +161,7 @@ mod tests {
         let engine = Arc::new(WasmEngine::new().unwrap());
         let modules = ModuleRegistry::open(
             engine,
+            store.clone(),
             store.clone(),
             dir.path().join("compiled"),
             ModuleLimits::default(),

@@ -97,7 +97,6 @@ impl From<ModuleError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message)
             }
             ModuleError::WrongKind(message) => ApiError::bad_request("wrong_module_kind", message),
-            ModuleError::UnknownAction(_) => ApiError::not_found("not_found", err.to_string()),
             ModuleError::Guest { during, error } => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "guest_failed",
@@ -108,6 +107,7 @@ impl From<ModuleError> for ApiError {
                 serde_json::to_value(error.kind).unwrap_or(serde_json::Value::Null),
             )
             .with("guest_message", error.message),
+            ModuleError::Storage(err) => err.into(),
             ModuleError::Internal(err) => {
                 tracing::error!(error = %format!("{err:#}"), "module operation failed");
                 ApiError::new(
@@ -273,20 +273,25 @@ pub async fn action(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Path((name, action)) = path?;
+    const ACTIONS: [&str; 5] = ["pause", "resume", "reset", "skip", "verify"];
+    if !ACTIONS.contains(&action.as_str()) {
+        return Err(ApiError::not_found(
+            "not_found",
+            format!("unknown action {action:?}; use pause, resume, reset, skip or verify"),
+        ));
+    }
     let modules = app.modules.clone();
     let head = modules.head();
-    let target = name.clone();
     let outcome = tokio::task::spawn_blocking(move || -> Result<Value, ModuleError> {
         let module = match action.as_str() {
-            "pause" => modules.pause(&target)?,
-            "resume" => modules.resume(&target)?,
-            "reset" => modules.reset(&target)?,
-            "skip" => modules.skip(&target)?,
-            "verify" => {
-                let verification = modules.verify(&target)?;
+            "pause" => modules.pause(&name)?,
+            "resume" => modules.resume(&name)?,
+            "reset" => modules.reset(&name)?,
+            "skip" => modules.skip(&name)?,
+            _ => {
+                let verification = modules.verify(&name)?;
                 return Ok(serde_json::to_value(verification).unwrap_or_default());
             }
-            other => return Err(ModuleError::UnknownAction(other.to_owned())),
         };
         Ok(summary(&module, head))
     })

@@ -101,14 +101,6 @@ fn require_kind(module: &DeployedModule, kind: ModuleKind) -> Result<(), ApiErro
     ))
 }
 
-fn storage_error(err: sled::Error) -> ApiError {
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "storage_failure",
-        format!("reading module state failed: {err}"),
-    )
-}
-
 #[derive(Deserialize)]
 pub struct StreamStateParams {
     revision: Option<String>,
@@ -149,8 +141,7 @@ pub async fn stream_state(
     let Some(point) = point else {
         let state = module
             .state
-            .stream_state(stream.as_str())
-            .map_err(storage_error)?
+            .stream_state(stream.as_str())?
             .ok_or_else(no_state)?;
         return Ok(Json(json!({
             "stream": stream.as_str(),
@@ -184,14 +175,10 @@ pub async fn state_key(
     let Query(consistency) = query?;
     let module = version_caught_up(&app, &name, &consistency).await?;
     require_kind(&module, ModuleKind::Projection)?;
-    let value = module
-        .state
-        .value(&key)
-        .map_err(storage_error)?
-        .ok_or_else(|| {
-            ApiError::not_found("key_not_found", format!("module {name} has no key {key:?}"))
-                .with("key", key.as_str())
-        })?;
+    let value = module.state.value(&key)?.ok_or_else(|| {
+        ApiError::not_found("key_not_found", format!("module {name} has no key {key:?}"))
+            .with("key", key.as_str())
+    })?;
     Ok(Json(json!({ "key": key, "value": state_json(&value) })))
 }
 
@@ -215,10 +202,7 @@ pub async fn state_list(
     let module = version_caught_up(&app, &name, &query.consistency).await?;
     require_kind(&module, ModuleKind::Projection)?;
     let prefix = query.prefix.unwrap_or_default();
-    let (items, next) = module
-        .state
-        .values(&prefix, query.from.as_deref(), limit)
-        .map_err(storage_error)?;
+    let (items, next) = module.state.values(&prefix, query.from.as_deref(), limit)?;
     let items: Vec<Value> = items
         .iter()
         .map(|(key, value)| json!({ "key": key, "value": state_json(value) }))
@@ -271,9 +255,6 @@ pub async fn dead_letters(
     let from = params::u64_param("from", query.from.as_deref())?.unwrap_or(0);
     let limit = params::limit(query.limit.as_deref())?;
     let module = version_caught_up(&app, &name, &query.consistency).await?;
-    let (letters, next) = module
-        .state
-        .dead_letters(from, limit)
-        .map_err(storage_error)?;
+    let (letters, next) = module.state.dead_letters(from, limit)?;
     Ok(Json(json!({ "dead_letters": letters, "next": next })))
 }

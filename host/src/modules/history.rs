@@ -3,13 +3,12 @@
 //! latest snapshot at or before that point (so the cost is bounded, however long the
 //! stream).
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
-
-use super::{DeployedModule, ModuleError, ModuleRegistry};
+use super::error::ModuleError;
+use super::runner::{to_guest_event, wanted_by};
+use super::version::DeployedModule;
 use crate::engine::bindings::StreamBatch;
 use crate::engine::{GuestError, GuestErrorKind, ModuleKind};
-use crate::store::{Direction, EventFilter, EventStore, StreamName, StreamRevision};
+use crate::store::{Direction, EventLog, StoreError, StreamName, StreamRevision, first_where};
 
 /// A point in a stream's history.
 #[derive(Clone, Copy, Debug)]
@@ -37,7 +36,7 @@ pub struct PastState {
 const PAGE: usize = 1_000;
 
 fn failed(what: &str, err: impl std::fmt::Display) -> ModuleError {
-    ModuleError::Internal(anyhow::anyhow!("{what}: {err}"))
+    ModuleError::Storage(StoreError::Storage(format!("{what}: {err}")))
 }
 
 /// The guest's own failure while replaying `stream`: reported as such, never as the host's.
@@ -50,40 +49,25 @@ fn guest_failed(stream: &StreamName, call: &str, error: GuestError) -> ModuleErr
 
 /// The last revision of `stream` at `point`, or `None` if the stream had no event then.
 fn revision_at(
-    store: &dyn EventStore,
+    log: &dyn EventLog,
     stream: &StreamName,
     point: Point,
 ) -> Result<Option<StreamRevision>, ModuleError> {
-    let last = store
-        .read_stream(stream, None, 1, Direction::Backward)
-        .map_err(|e| failed("reading the stream", e))?
+    let last = log
+        .read_stream(stream, None, 1, Direction::Backward)?
         .and_then(|slice| slice.events.first().map(|e| e.revision));
     let Some(last) = last else { return Ok(None) };
     match point {
         Point::Revision(revision) => Ok(Some(revision.min(last))),
         Point::At(micros) => {
-            // Recorded times grow with the log, so a binary search finds the last event
-            // recorded at or before `micros`.
-            let recorded = |revision: u64| -> Result<i64, ModuleError> {
-                store
-                    .read_stream(stream, Some(revision), 1, Direction::Forward)
-                    .map_err(|e| failed("reading the stream", e))?
+            let after = first_where(0, last + 1, |revision| {
+                let recorded = log
+                    .read_stream(stream, Some(revision), 1, Direction::Forward)?
                     .and_then(|s| s.events.first().map(|e| e.recorded_at_micros))
-                    .ok_or_else(|| failed("reading the stream", "a revision vanished"))
-            };
-            if recorded(0)? > micros {
-                return Ok(None);
-            }
-            let (mut low, mut high) = (0, last);
-            while low < high {
-                let mid = low + (high - low).div_ceil(2);
-                if recorded(mid)? <= micros {
-                    low = mid;
-                } else {
-                    high = mid - 1;
-                }
-            }
-            Ok(Some(low))
+                    .ok_or_else(|| failed("reading the stream", "a revision vanished"))?;
+                Ok::<_, ModuleError>(recorded > micros)
+            })?;
+            Ok(after.checked_sub(1))
         }
     }
 }
@@ -94,8 +78,8 @@ fn revision_at(
 /// # Errors
 /// The module is not a reducer, or the replay failed.
 pub(super) fn stream_state_at(
-    registry: &ModuleRegistry,
-    module: &Arc<DeployedModule>,
+    log: &dyn EventLog,
+    module: &DeployedModule,
     stream: &StreamName,
     point: Point,
 ) -> Result<Option<PastState>, ModuleError> {
@@ -105,8 +89,7 @@ pub(super) fn stream_state_at(
             module.name
         )));
     }
-    let store: &dyn EventStore = registry.store.as_ref();
-    let Some(target) = revision_at(store, stream, point)? else {
+    let Some(target) = revision_at(log, stream, point)? else {
         return Ok(None);
     };
     let snapshot = module
@@ -116,23 +99,13 @@ pub(super) fn stream_state_at(
         Some(s) => (s.revision + 1, Some(s.bytes)),
         None => (0, None),
     };
-    let (letters, _) = module.state.dead_letters(0, usize::MAX)?;
-    let skipped: BTreeSet<u64> = letters.iter().map(|l| l.position).collect();
+    let skipped = module.state.dead_letter_positions()?;
     let mut replayed = 0;
-    let mut guest = registry.new_guest(module);
-    let wanted = guest
-        .filter()
-        .map_err(|e| guest_failed(stream, "filter", e))?;
-    let filter = EventFilter {
-        event_types: (!wanted.event_types.is_empty()).then_some(wanted.event_types),
-        categories: (!wanted.categories.is_empty()).then_some(wanted.categories),
-    };
+    let mut guest = module.new_guest();
+    let filter = wanted_by(&mut guest).map_err(|e| guest_failed(stream, "filter", e))?;
     while from <= target {
         let limit = PAGE.min((target - from + 1) as usize);
-        let Some(slice) = store
-            .read_stream(stream, Some(from), limit, Direction::Forward)
-            .map_err(|e| failed("reading the stream", e))?
-        else {
+        let Some(slice) = log.read_stream(stream, Some(from), limit, Direction::Forward)? else {
             break;
         };
         let Some(last) = slice.events.last().map(|e| e.revision) else {
@@ -142,7 +115,7 @@ pub(super) fn stream_state_at(
             .events
             .iter()
             .filter(|e| filter.matches(&e.stream, &e.event_type) && !skipped.contains(&e.position))
-            .map(|e| super::runner::to_guest_event(&e.as_ref()))
+            .map(|e| to_guest_event(&e.as_ref()))
             .collect();
         if !events.is_empty() {
             replayed += events.len() as u64;
@@ -179,21 +152,4 @@ pub(super) fn stream_state_at(
         bytes,
         replayed,
     }))
-}
-
-impl ModuleRegistry {
-    /// `stream`'s state in module `name` (or `version`) at `point`, replayed on demand.
-    ///
-    /// # Errors
-    /// Unknown module or version, not a reducer, or the replay failed.
-    pub fn stream_state_at(
-        &self,
-        name: &str,
-        version: Option<&str>,
-        stream: &StreamName,
-        point: Point,
-    ) -> Result<Option<PastState>, ModuleError> {
-        let module = self.resolve(name, version)?;
-        stream_state_at(self, &module, stream, point)
-    }
 }

@@ -3,18 +3,25 @@
 //! deterministic clocks and randomness, a module that passes is replayable; one that keeps
 //! hidden state across calls (so that its result depends on how events were batched) fails,
 //! and the first differing entry says where.
+//!
+//! The long part, the rebuild up to where the live version stood when asked, runs on the
+//! caller's thread while the version keeps going; the last stretch and the comparison run on
+//! the version's owner, between two of its batches ([`super::owner::Owner::finish_verify`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
-use serde_json::Value;
 
-use super::runner::{Runner, RunnerOptions};
-use super::state::{ModuleState, StateEntry, describe_entry_key};
-use super::{DeployedModule, FaultPolicy, ModuleError, ModuleRegistry, RunnerControl};
+use super::compare::{Difference, compare};
+use super::error::ModuleError;
+use super::model::FaultPolicy;
+use super::runner::Runner;
+use super::state::ModuleState;
+use super::version::DeployedModule;
 use crate::engine::{GuestError, GuestErrorKind};
+use crate::store::{EventLog, GlobalPosition, Keyspaces, StoreError};
 
 /// The outcome of a verification.
 #[derive(Debug, Serialize)]
@@ -31,48 +38,20 @@ pub struct Verification {
     pub rebuild_ms: u64,
 }
 
-/// One entry that differs; `None` where a side lacks it.
-#[derive(Debug, Serialize)]
-pub struct Difference {
-    pub key: String,
-    pub live: Option<Value>,
-    pub rebuilt: Option<Value>,
-}
-
-fn value_json(key: &[u8], value: &[u8]) -> Value {
-    // Reducer states start with their revision.
-    let bytes = if key.first() == Some(&b's') {
-        value.get(8..).unwrap_or_default()
-    } else {
-        value
-    };
-    serde_json::from_slice(bytes).unwrap_or_else(|_| String::from_utf8_lossy(bytes).into())
-}
-
-/// Runs `module` (a scratch version) from its checkpoint up to `to`, stepping over `skip`.
+/// Runs `module` (a scratch copy) from its checkpoint up to `to`, stepping over `skip`.
 ///
 /// # Errors
 /// [`ModuleError::Guest`] when the guest failed (`during` says what for), or
-/// [`ModuleError::Internal`] when storage did.
+/// [`ModuleError::Storage`] when storage did.
 pub(super) fn rebuild_until(
-    registry: &ModuleRegistry,
+    log: &Arc<dyn EventLog>,
     module: &Arc<DeployedModule>,
-    to: u64,
-    skip: BTreeSet<u64>,
+    to: GlobalPosition,
+    skip: BTreeSet<GlobalPosition>,
     during: &str,
 ) -> Result<(), ModuleError> {
-    let mut runner = Runner::new(
-        module.clone(),
-        Arc::new(RunnerControl::default()),
-        registry.new_guest(module),
-        registry.store.clone(),
-        RunnerOptions {
-            policy: FaultPolicy::Halt,
-            until: Some(to),
-            skip,
-        },
-    );
-    let Err(fault) = runner.drive() else {
+    let mut runner = Runner::new(module.clone(), log.clone(), FaultPolicy::Halt, skip);
+    let Err(fault) = runner.rebuild_to(to) else {
         return Ok(());
     };
     let during = match (fault.position, &fault.event_id) {
@@ -82,7 +61,7 @@ pub(super) fn rebuild_until(
     };
     Err(match fault.kind {
         GuestErrorKind::Storage => {
-            ModuleError::Internal(anyhow::anyhow!("{during}: {}", fault.message))
+            ModuleError::Storage(StoreError::Storage(format!("{during}: {}", fault.message)))
         }
         kind => ModuleError::Guest {
             during,
@@ -91,72 +70,66 @@ pub(super) fn rebuild_until(
     })
 }
 
-/// A rebuild of a module from position 0 into a scratch tree (dropped with it), to be
+/// A rebuild of a module from position 0 into a scratch keyspace (removed with it), to be
 /// compared with the live state.
 pub(super) struct Scratch {
     copy: Arc<DeployedModule>,
-    db: sled::Db,
-    tree_name: String,
+    log: Arc<dyn EventLog>,
+    keyspaces: Arc<dyn Keyspaces>,
+    space: String,
     rebuild_ms: u64,
 }
 
 impl Scratch {
     pub(super) fn new(
-        registry: &ModuleRegistry,
-        module: &Arc<DeployedModule>,
+        log: Arc<dyn EventLog>,
+        keyspaces: Arc<dyn Keyspaces>,
+        module: &DeployedModule,
     ) -> Result<Self, ModuleError> {
-        let tree_name = format!("scratch/{}/{}", module.name, uuid::Uuid::new_v4());
-        let db = registry.store.db().clone();
-        let scratch = ModuleState::new(db.open_tree(&tree_name)?);
-        let copy =
-            module.rebuilding_copy(module.version.clone(), module.deployed_at.clone(), scratch);
+        let space = format!("scratch/{}/{}", module.name, uuid::Uuid::new_v4());
+        let state = ModuleState::new(keyspaces.open(&space)?);
         Ok(Self {
-            copy,
-            db,
-            tree_name,
+            copy: module.rebuilding_copy(module.identity(), state),
+            log,
+            keyspaces,
+            space,
             rebuild_ms: 0,
         })
-    }
-
-    /// The version being rebuilt.
-    pub(super) fn version(&self) -> &str {
-        &self.copy.version
     }
 
     /// Folds the log into the scratch state from where it stands up to `to`, stepping
     /// over `module`'s dead letters.
     pub(super) fn rebuild_to(
         &mut self,
-        registry: &ModuleRegistry,
         module: &DeployedModule,
-        to: u64,
+        to: GlobalPosition,
     ) -> Result<(), ModuleError> {
-        let (letters, _) = module.state.dead_letters(0, usize::MAX)?;
-        let skip: BTreeSet<u64> = letters.iter().map(|l| l.position).collect();
+        let skip = module.state.dead_letter_positions()?;
         let started = Instant::now();
-        let rebuilt = rebuild_until(registry, &self.copy, to, skip, "rebuilding to verify");
+        let rebuilt = rebuild_until(&self.log, &self.copy, to, skip, "rebuilding to verify");
         self.rebuild_ms += started.elapsed().as_millis() as u64;
         rebuilt
     }
 
-    /// With `module` stopped: the last stretch of the rebuild, up to its checkpoint, and
-    /// the comparison.
+    /// With `module` stopped between batches: the last stretch of the rebuild, up to its
+    /// checkpoint, and the comparison.
     ///
     /// # Errors
-    /// [`ModuleError::Conflict`] if the module went back (a reset) since the rebuild
-    /// started; storage failures.
-    pub(super) fn finish(
-        mut self,
-        registry: &ModuleRegistry,
-        module: &DeployedModule,
-    ) -> Result<Verification, ModuleError> {
+    /// [`ModuleError::Conflict`] if `module` is another version than the one rebuilt, or
+    /// went back (a reset) since the rebuild started; storage or guest failures.
+    pub(super) fn finish(mut self, module: &DeployedModule) -> Result<Verification, ModuleError> {
+        if module.version != self.copy.version {
+            return Err(ModuleError::Conflict(
+                "a new version became current while verifying; verify it again".into(),
+            ));
+        }
         let position = module.state.checkpoint()?;
         if self.copy.state.checkpoint()? > position {
             return Err(ModuleError::Conflict(
                 "the module was reset while it was being verified; verify it again".into(),
             ));
         }
-        self.rebuild_to(registry, module, position)?;
+        self.rebuild_to(module, position)?;
         let comparison = compare(&module.state, &self.copy.state, 0)?;
         Ok(Verification {
             matches: comparison.differences() == 0,
@@ -171,135 +144,8 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = self.db.drop_tree(&self.tree_name);
-    }
-}
-
-/// How one version's state differs from another's.
-#[derive(Debug, Serialize)]
-pub struct Diff {
-    /// The version compared, and the current one it is compared with.
-    pub version: String,
-    pub current: String,
-    /// Both versions' checkpoints: they may differ while one of them catches up.
-    pub version_position: u64,
-    pub current_position: u64,
-    pub compared: u64,
-    /// Entries only in the version (keys or streams it has and the current has not).
-    pub added: u64,
-    /// Entries only in the current version.
-    pub removed: u64,
-    /// Entries in both, with different values.
-    pub changed: u64,
-    /// Up to a few examples of each.
-    pub samples: Samples,
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct Samples {
-    pub added: Vec<Difference>,
-    pub removed: Vec<Difference>,
-    pub changed: Vec<Difference>,
-}
-
-/// How many differences of each kind a diff shows.
-const SAMPLES: usize = 20;
-
-pub(super) fn diff(
-    version: &DeployedModule,
-    current: &DeployedModule,
-) -> Result<Diff, ModuleError> {
-    let comparison = compare(&current.state, &version.state, SAMPLES)?;
-    Ok(Diff {
-        version: version.version.clone(),
-        current: current.version.clone(),
-        version_position: version.state.checkpoint()?,
-        current_position: current.state.checkpoint()?,
-        compared: comparison.compared,
-        added: comparison.only_right,
-        removed: comparison.only_left,
-        changed: comparison.changed,
-        samples: comparison.samples,
-    })
-}
-
-/// The result of walking two states side by side (`left` live or current).
-struct Comparison {
-    compared: u64,
-    only_left: u64,
-    only_right: u64,
-    changed: u64,
-    first: Option<Difference>,
-    samples: Samples,
-}
-
-impl Comparison {
-    fn differences(&self) -> u64 {
-        self.only_left + self.only_right + self.changed
-    }
-}
-
-/// Walks both states in key order, keeping up to `samples` examples of each difference.
-fn compare(
-    left: &ModuleState,
-    right: &ModuleState,
-    samples: usize,
-) -> Result<Comparison, ModuleError> {
-    let mut a = left.entries();
-    let mut b = right.entries();
-    let (mut x, mut y): (Option<StateEntry>, Option<StateEntry>) =
-        (a.next().transpose()?, b.next().transpose()?);
-    let mut out = Comparison {
-        compared: 0,
-        only_left: 0,
-        only_right: 0,
-        changed: 0,
-        first: None,
-        samples: Samples::default(),
-    };
-    while x.is_some() || y.is_some() {
-        out.compared += 1;
-        let order = match (&x, &y) {
-            (Some((kx, _)), Some((ky, _))) => kx.cmp(ky),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
-        };
-        let (l, r) = match order {
-            std::cmp::Ordering::Equal => (x.take(), y.take()),
-            std::cmp::Ordering::Less => (x.take(), None),
-            std::cmp::Ordering::Greater => (None, y.take()),
-        };
-        let same = matches!((&l, &r), (Some((_, lv)), Some((_, rv))) if lv == rv);
-        if !same {
-            let key = l
-                .as_ref()
-                .or(r.as_ref())
-                .map(|(k, _)| k.clone())
-                .unwrap_or_default();
-            let difference = || Difference {
-                key: describe_entry_key(&key),
-                live: l.as_ref().map(|(k, v)| value_json(k, v)),
-                rebuilt: r.as_ref().map(|(k, v)| value_json(k, v)),
-            };
-            let (count, bucket) = match (&l, &r) {
-                (Some(_), Some(_)) => (&mut out.changed, &mut out.samples.changed),
-                (Some(_), None) => (&mut out.only_left, &mut out.samples.removed),
-                _ => (&mut out.only_right, &mut out.samples.added),
-            };
-            *count += 1;
-            if bucket.len() < samples {
-                bucket.push(difference());
-            }
-            if out.first.is_none() {
-                out.first = Some(difference());
-            }
-        }
-        if x.is_none() && l.is_some() {
-            x = a.next().transpose()?;
-        }
-        if y.is_none() && r.is_some() {
-            y = b.next().transpose()?;
+        if let Err(err) = self.keyspaces.remove(&self.space) {
+            tracing::warn!(%err, "removing a verify's scratch state failed");
         }
     }
-    Ok(out)
 }

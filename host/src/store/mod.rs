@@ -1,5 +1,7 @@
-//! The event log: domain types, the [`EventStore`] trait every backend implements, and the
-//! embedded sled backend ([`SledStore`]).
+//! Storage: the event log and the keyed state kept beside it. Domain types, the traits the
+//! rest of Refold depends on ([`EventLog`] to read the log, [`EventStore`] to write it,
+//! [`Keyspaces`] for module state and records), the embedded sled backend ([`SledStore`],
+//! the only place that names sled) and an in-memory one ([`MemoryStore`]).
 //!
 //! The store owns durability. Appends go through one writer (group commit) and are
 //! acknowledged only after their batch is flushed; the writer then publishes the durable
@@ -9,7 +11,11 @@
 mod codec;
 mod faults;
 mod id_index;
+mod keyspace;
+mod memory;
 mod sled_batch;
+mod sled_keyspace;
+mod sled_log;
 mod sled_store;
 mod writer;
 
@@ -21,7 +27,8 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 pub use faults::InjectedFaults;
-pub use sled_batch::KeyBatch;
+pub use keyspace::{KeyIter, Keyspace, Keyspaces, Writes};
+pub use memory::{MemoryKeyspaces, MemoryStore};
 pub use sled_store::{SledStore, StoreConfig};
 
 /// 0-based position of an event in the global log.
@@ -311,46 +318,53 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-impl From<sled::Error> for StoreError {
-    fn from(err: sled::Error) -> Self {
-        Self::Storage(err.to_string())
+/// The first of `low..high` for which `holds` is true, given that it is true for everything
+/// above such a value (`high` if none): a binary search, for instance over recording times,
+/// which grow with positions and revisions.
+///
+/// # Errors
+/// The first error of `holds`.
+pub fn first_where<E>(
+    mut low: u64,
+    mut high: u64,
+    mut holds: impl FnMut(u64) -> Result<bool, E>,
+) -> Result<u64, E> {
+    while low < high {
+        let mid = low + (high - low) / 2;
+        if holds(mid)? {
+            high = mid;
+        } else {
+            low = mid + 1;
+        }
     }
+    Ok(low)
 }
 
 /// A boxed future, so the trait stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The event log as the rest of Refold sees it. The embedded backend is [`SledStore`]; a
-/// distributed log can implement the same trait.
-pub trait EventStore: Send + Sync + 'static {
-    /// Appends `events` to `stream` atomically, if `expected` holds. Resolves once the events
-    /// are durable. Event ids are unique in the whole log: a retry whose client-chosen ids
-    /// were recorded by one earlier append (same ids, same order, same stream), however
-    /// long ago, appends nothing and resolves to the original outcome; any other append
-    /// carrying a recorded id fails with [`StoreError::DuplicateEventId`].
-    fn append(
-        &self,
-        stream: StreamName,
-        expected: ExpectedRevision,
-        events: Vec<ProposedEvent>,
-    ) -> BoxFuture<'static, Result<AppendOutcome, StoreError>>;
-
-    /// Restores recorded events (from a backup) exactly as they were: ids, streams,
-    /// revisions, positions and recording times. The first must be at the head of the log,
-    /// positions must follow each other, and each event must be the next revision of its
-    /// stream; otherwise nothing is written ([`StoreError::ImportMismatch`]). Atomic and
-    /// durable like an append; resolves to the new head.
-    fn import(
-        &self,
-        events: Vec<RecordedEvent>,
-    ) -> BoxFuture<'static, Result<GlobalPosition, StoreError>>;
-
+/// The durable log as its readers see it: module runners, subscriptions and HTTP reads
+/// depend on this and nothing more. Every read stops at the durable head.
+pub trait EventLog: Send + Sync + 'static {
     /// The durable high-water mark: the number of durable events, i.e. the position the
     /// next event will get. Readers see only positions below it.
     fn head(&self) -> GlobalPosition;
 
     /// A receiver that changes whenever the head moves.
     fn watch_head(&self) -> watch::Receiver<GlobalPosition>;
+
+    /// Visits durable events from `from` (inclusive) up to `until` (exclusive), in position
+    /// order and without copying them, until `visit` returns `false`. Returns the position
+    /// after the last event visited (`from` if none was).
+    ///
+    /// # Errors
+    /// Storage failures.
+    fn scan(
+        &self,
+        from: GlobalPosition,
+        until: GlobalPosition,
+        visit: &mut dyn FnMut(EventRef<'_>) -> bool,
+    ) -> Result<GlobalPosition, StoreError>;
 
     /// Reads up to `limit` events of `stream` starting at `from` (inclusive; default: the
     /// first event going forward, the last going backward). `None` if the stream has no
@@ -376,6 +390,17 @@ pub trait EventStore: Send + Sync + 'static {
         position: GlobalPosition,
     ) -> Result<StreamRevision, StoreError>;
 
+    /// Lists streams in name order whose names start with `prefix`, after `after`.
+    ///
+    /// # Errors
+    /// Storage failures.
+    fn list_streams(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<StreamListing, StoreError>;
+
     /// Reads events of the global log from `from` (inclusive) that match `filter`, up to
     /// `limit` matches or `scan_limit` events looked at, whichever comes first.
     ///
@@ -387,18 +412,65 @@ pub trait EventStore: Send + Sync + 'static {
         limit: usize,
         scan_limit: usize,
         filter: &EventFilter,
-    ) -> Result<LogSlice, StoreError>;
+    ) -> Result<LogSlice, StoreError> {
+        let head = self.head();
+        let mut events = Vec::new();
+        let mut scanned = 0usize;
+        let scanned_to = self.scan(from, head, &mut |event| {
+            scanned += 1;
+            if filter.matches(event.stream, event.event_type) {
+                events.push(event.to_recorded());
+            }
+            events.len() < limit && scanned < scan_limit
+        })?;
+        Ok(LogSlice {
+            events,
+            scanned_to: scanned_to.max(from),
+            reached_head: scanned_to >= head,
+        })
+    }
 
-    /// Lists streams in name order whose names start with `prefix`, after `after`.
+    /// The first position recorded after `micros` (so that every event recorded at or
+    /// before it is below): a binary search over recorded times, which grow with the log.
     ///
     /// # Errors
     /// Storage failures.
-    fn list_streams(
+    fn position_after_time(&self, micros: i64) -> Result<GlobalPosition, StoreError> {
+        first_where(0, self.head(), |position| {
+            let mut at = i64::MAX;
+            self.scan(position, position + 1, &mut |event| {
+                at = event.recorded_at_micros;
+                false
+            })?;
+            Ok(at > micros)
+        })
+    }
+}
+
+/// The event log with its writes. The embedded backend is [`SledStore`]; [`MemoryStore`]
+/// keeps everything in memory (tests).
+pub trait EventStore: EventLog {
+    /// Appends `events` to `stream` atomically, if `expected` holds. Resolves once the events
+    /// are durable. Event ids are unique in the whole log: a retry whose client-chosen ids
+    /// were recorded by one earlier append (same ids, same order, same stream), however
+    /// long ago, appends nothing and resolves to the original outcome; any other append
+    /// carrying a recorded id fails with [`StoreError::DuplicateEventId`].
+    fn append(
         &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<StreamListing, StoreError>;
+        stream: StreamName,
+        expected: ExpectedRevision,
+        events: Vec<ProposedEvent>,
+    ) -> BoxFuture<'static, Result<AppendOutcome, StoreError>>;
+
+    /// Restores recorded events (from a backup) exactly as they were: ids, streams,
+    /// revisions, positions and recording times. The first must be at the head of the log,
+    /// positions must follow each other, and each event must be the next revision of its
+    /// stream; otherwise nothing is written ([`StoreError::ImportMismatch`]). Atomic and
+    /// durable like an append; resolves to the new head.
+    fn import(
+        &self,
+        events: Vec<RecordedEvent>,
+    ) -> BoxFuture<'static, Result<GlobalPosition, StoreError>>;
 }
 
 #[cfg(test)]

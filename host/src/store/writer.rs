@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::KeyBatch;
 use super::codec::{self, ChunkWriter};
 use super::faults::InjectedFaults;
 use super::id_index::IdIndex;
-use super::sled_store::LogReader;
+use super::sled_batch::KeyBatch;
+use super::sled_log::SledLog;
 use super::{
     AppendOutcome, EventRef, ExpectedRevision, GlobalPosition, ProposedEvent, RecordedEvent,
     StoreError, StreamName, StreamRevision,
@@ -120,7 +120,7 @@ struct StreamTail {
 
 pub(super) struct Writer {
     db: sled::Db,
-    reader: LogReader,
+    reader: SledLog,
     head_tx: watch::Sender<GlobalPosition>,
     next_position: GlobalPosition,
     tails: HashMap<String, StreamTail>,
@@ -191,7 +191,7 @@ impl Writer {
     /// The id index cannot be read back.
     pub(super) fn new(
         db: sled::Db,
-        reader: LogReader,
+        reader: SledLog,
         head_tx: watch::Sender<GlobalPosition>,
         faults: Arc<InjectedFaults>,
     ) -> Result<Self, StoreError> {
@@ -610,7 +610,7 @@ impl Writer {
 
 /// The id index of the durable log `reader` sees: the sealed runs, and the ids after them
 /// read back from the log's chunks.
-fn load_index(reader: &LogReader) -> Result<IdIndex, StoreError> {
+fn load_index(reader: &SledLog) -> Result<IdIndex, StoreError> {
     let (mut index, from) = IdIndex::load(reader.tree())?;
     reader.scan(from, reader.head(), |event| {
         index.insert(event.id, event.position);

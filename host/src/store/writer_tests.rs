@@ -6,8 +6,8 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::super::{
-    AppendOutcome, Direction, EventStore, ExpectedRevision, InjectedFaults, ProposedEvent,
-    SledStore, StoreConfig, StoreError, StreamName,
+    AppendOutcome, Direction, EventLog, EventStore, ExpectedRevision, InjectedFaults,
+    ProposedEvent, SledStore, StoreConfig, StoreError, StreamName,
 };
 
 fn event(id: Uuid, from_client: bool) -> ProposedEvent {

@@ -1,0 +1,863 @@
+//! The registry: every deployed module with its versions and their roles, persisted
+//! ([`records`]).
+//!
+//! A module has one **current** version (the one queries see), at most one **candidate**
+//! (a new version rebuilding from position 0 in the background), **kept** earlier versions
+//! whose state is retained for rollback (stopped; `keep_versions` of them), and temporary
+//! **replays** (read models built up to a past point). With automatic activation a
+//! candidate becomes current, atomically, once it has caught up with the log and with the
+//! current version; with manual activation an operator decides.
+//!
+//! Each running version has an [`Owner`] that does everything to it; the registry only
+//! decides roles. Its map is locked only to look up or swap entries: stopping owners,
+//! persisting, compiling and running guests happen outside that lock, so a query's
+//! [`ModuleRegistry::resolve`] never waits for them. Changes (deploys, activations, operator
+//! actions) are serialized by a second lock that queries never take.
+
+mod records;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use sha2::{Digest, Sha256};
+
+pub use self::records::Activation;
+use self::records::{ModuleRecord, Records, VersionRecord};
+use super::compare::{self, Diff};
+use super::error::ModuleError;
+use super::history::{self, PastState, Point};
+use super::model::{ModuleSettings, Progress, Status, now_rfc3339};
+use super::owner::{CaughtUp, Owner};
+use super::state::ModuleState;
+use super::validate_name;
+use super::verify::{self, Scratch, Verification};
+use super::version::{Code, DeployedModule, Identity};
+use crate::engine::{CompiledModule, ModuleLimits, WasmEngine};
+use crate::store::{EventLog, GlobalPosition, Keyspaces, StreamName};
+
+/// A version's place in its module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Current,
+    Candidate,
+    Kept,
+    Replay,
+}
+
+/// A version with its role.
+pub struct VersionView {
+    pub module: Arc<DeployedModule>,
+    pub role: Role,
+}
+
+/// The outcome of a deploy.
+pub struct Deployed {
+    pub module: Arc<DeployedModule>,
+    /// `false` when the same bytes with the same settings were already deployed.
+    pub changed: bool,
+}
+
+/// How long a replay's read model stays queryable.
+pub const REPLAY_TTL: Duration = Duration::from_secs(15 * 60);
+/// How often a candidate waiting to become current is looked at.
+const PROMOTE_CHECK: Duration = Duration::from_millis(100);
+/// How often expired replays are looked for.
+const EXPIRY_CHECK: Duration = Duration::from_secs(10);
+
+/// A version and, while it runs, its owner.
+#[derive(Clone)]
+struct Slot {
+    module: Arc<DeployedModule>,
+    owner: Option<Arc<Owner>>,
+}
+
+impl Slot {
+    fn owner(&self) -> Result<&Owner, ModuleError> {
+        self.owner.as_deref().ok_or_else(|| {
+            ModuleError::Conflict(format!("version {} is not running", self.module.version))
+        })
+    }
+}
+
+#[derive(Clone)]
+struct ModuleEntry {
+    current: Slot,
+    candidate: Option<Slot>,
+    /// Newest first.
+    kept: Vec<Slot>,
+    activation: Activation,
+    replays: Vec<(Slot, Instant)>,
+    /// Whether each version is paused (persisted).
+    paused: BTreeSet<String>,
+}
+
+impl ModuleEntry {
+    fn all(&self) -> impl Iterator<Item = (&Slot, Role)> {
+        std::iter::once((&self.current, Role::Current))
+            .chain(self.candidate.iter().map(|s| (s, Role::Candidate)))
+            .chain(self.kept.iter().map(|s| (s, Role::Kept)))
+            .chain(self.replays.iter().map(|(s, _)| (s, Role::Replay)))
+    }
+
+    fn record(&self, name: &str) -> ModuleRecord {
+        let version = |slot: &Slot| VersionRecord {
+            version: slot.module.version.clone(),
+            kind: slot.module.kind,
+            deployed_at: slot.module.deployed_at.clone(),
+            size_bytes: slot.module.size_bytes,
+            settings: slot.module.settings.clone(),
+            paused: self.paused.contains(&slot.module.version),
+        };
+        ModuleRecord {
+            name: name.to_owned(),
+            current: version(&self.current),
+            candidate: self.candidate.as_ref().map(version),
+            kept: self.kept.iter().map(version).collect(),
+            activation: self.activation,
+        }
+    }
+
+    /// Makes `next` current; the old current is kept for rollback. Returns the slots to
+    /// stop (the old current) and to retire (kept versions past retention).
+    fn swap_in(&mut self, next: Slot, keep_versions: usize) -> (Slot, Vec<Slot>) {
+        let same = |s: &Slot| Arc::ptr_eq(&s.module, &next.module);
+        if self.candidate.as_ref().is_some_and(same) {
+            self.candidate = None;
+        }
+        self.kept.retain(|s| !same(s));
+        let old = std::mem::replace(&mut self.current, next);
+        self.paused.remove(&old.module.version);
+        self.kept.insert(
+            0,
+            Slot {
+                module: old.module.clone(),
+                owner: None,
+            },
+        );
+        let dropped = self.kept.split_off(keep_versions.min(self.kept.len()));
+        (old, dropped)
+    }
+}
+
+fn state_space(name: &str, version: &str) -> String {
+    format!("state/{name}/{version}")
+}
+
+/// Whether `query` names `version`: in full, or as a prefix of at least 8 characters.
+fn version_matches(version: &str, query: &str) -> bool {
+    version == query || (query.len() >= 8 && version.starts_with(query))
+}
+
+/// What the registry's housekeeping thread is told.
+enum Notice {
+    /// Promote this candidate once it has caught up.
+    Watch(String, String),
+    /// Some version caught up: look at the candidates now.
+    CaughtUp,
+}
+
+/// Every deployed module, and what they share.
+pub struct ModuleRegistry {
+    engine: Arc<WasmEngine>,
+    log: Arc<dyn EventLog>,
+    keyspaces: Arc<dyn Keyspaces>,
+    records: Records,
+    defaults: ModuleLimits,
+    /// Earlier versions whose state is kept for rollback.
+    keep_versions: usize,
+    modules: RwLock<BTreeMap<String, ModuleEntry>>,
+    /// Deploys, removals, activations and operator actions one at a time.
+    changes: Mutex<()>,
+    notices: Mutex<Sender<Notice>>,
+}
+
+impl ModuleRegistry {
+    /// Opens the registry and starts every persisted version that should run.
+    ///
+    /// # Errors
+    /// Storage failures, or a persisted module that no longer loads.
+    pub fn open(
+        engine: Arc<WasmEngine>,
+        log: Arc<dyn EventLog>,
+        keyspaces: Arc<dyn Keyspaces>,
+        compiled_dir: PathBuf,
+        defaults: ModuleLimits,
+        keep_versions: usize,
+    ) -> anyhow::Result<Arc<Self>> {
+        let records = Records::open(&*keyspaces, engine.clone(), compiled_dir)?;
+        let (notices, inbox) = channel();
+        let registry = Arc::new(Self {
+            engine,
+            log,
+            keyspaces,
+            records,
+            defaults,
+            keep_versions,
+            modules: RwLock::new(BTreeMap::new()),
+            changes: Mutex::new(()),
+            notices: Mutex::new(notices),
+        });
+        for record in registry.records.modules()? {
+            registry.load(&record)?;
+        }
+        let weak = Arc::downgrade(&registry);
+        std::thread::Builder::new()
+            .name("module-registry".into())
+            .spawn(move || housekeeping(&weak, &inbox))?;
+        Ok(registry)
+    }
+
+    fn load(&self, record: &ModuleRecord) -> anyhow::Result<()> {
+        let paused: BTreeSet<String> = std::iter::once(&record.current)
+            .chain(record.candidate.iter())
+            .filter(|v| v.paused)
+            .map(|v| v.version.clone())
+            .collect();
+        let start = |v: &VersionRecord| -> anyhow::Result<Slot> {
+            let compiled = self.records.load_compiled(&v.version).map_err(|e| {
+                e.context(format!(
+                    "loading module {} version {}",
+                    record.name, v.version
+                ))
+            })?;
+            Ok(self.start(&record.name, v, Arc::new(compiled), v.paused)?)
+        };
+        let current = start(&record.current)?;
+        let candidate = record.candidate.as_ref().map(start).transpose()?;
+        let kept = record
+            .kept
+            .iter()
+            .map(|v| {
+                let compiled = Arc::new(self.records.load_compiled(&v.version)?);
+                let module = self.version(&record.name, v, compiled)?;
+                Ok(Slot {
+                    module,
+                    owner: None,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let watch = candidate
+            .as_ref()
+            .filter(|_| record.activation == Activation::Auto)
+            .map(|c| c.module.version.clone());
+        self.modules.write().insert(
+            record.name.clone(),
+            ModuleEntry {
+                current,
+                candidate,
+                kept,
+                activation: record.activation,
+                replays: Vec::new(),
+                paused,
+            },
+        );
+        if let Some(version) = watch {
+            self.notify(Notice::Watch(record.name.clone(), version));
+        }
+        Ok(())
+    }
+
+    fn notify(&self, notice: Notice) {
+        let _ = self.notices.lock().send(notice);
+    }
+
+    /// A version over its state, not running.
+    fn version(
+        &self,
+        name: &str,
+        record: &VersionRecord,
+        compiled: Arc<CompiledModule>,
+    ) -> Result<Arc<DeployedModule>, ModuleError> {
+        let state = ModuleState::new(self.keyspaces.open(&state_space(name, &record.version))?);
+        let checkpoint = state.checkpoint()?;
+        let status = if checkpoint >= self.log.head() {
+            Status::Running
+        } else {
+            Status::Rebuilding
+        };
+        Ok(Arc::new(DeployedModule::new(
+            Identity {
+                name: name.to_owned(),
+                version: record.version.clone(),
+                deployed_at: record.deployed_at.clone(),
+                size_bytes: record.size_bytes,
+            },
+            record.settings.clone(),
+            record.settings.limits(&self.defaults),
+            state,
+            Code {
+                engine: self.engine.clone(),
+                compiled,
+            },
+            Progress {
+                checkpoint,
+                status,
+                fault: None,
+            },
+        )))
+    }
+
+    /// A version with its owner: following the log, or paused.
+    fn start(
+        &self,
+        name: &str,
+        record: &VersionRecord,
+        compiled: Arc<CompiledModule>,
+        paused: bool,
+    ) -> Result<Slot, ModuleError> {
+        let module = self.version(name, record, compiled)?;
+        let owner = self.own(&module, paused)?;
+        Ok(Slot {
+            module,
+            owner: Some(owner),
+        })
+    }
+
+    fn own(&self, module: &Arc<DeployedModule>, paused: bool) -> Result<Arc<Owner>, ModuleError> {
+        let notices = self.notices.lock().clone();
+        let caught_up: CaughtUp = Arc::new(move || {
+            let _ = notices.send(Notice::CaughtUp);
+        });
+        Ok(Arc::new(Owner::start(
+            module.clone(),
+            self.log.clone(),
+            paused,
+            caught_up,
+        )?))
+    }
+
+    /// Writes module `name`'s record as the map has it now.
+    fn persist(&self, name: &str) -> Result<(), ModuleError> {
+        let record = self.modules.read().get(name).map(|e| e.record(name));
+        match record {
+            Some(record) => self.records.save(&record),
+            None => Ok(()),
+        }
+    }
+
+    /// Changes module `name`'s entry under the map lock (briefly: no I/O or guest code).
+    fn edit<T>(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut ModuleEntry) -> T,
+    ) -> Result<T, ModuleError> {
+        let mut modules = self.modules.write();
+        let entry = modules
+            .get_mut(name)
+            .ok_or_else(|| ModuleError::NotFound(name.to_owned()))?;
+        Ok(change(entry))
+    }
+
+    fn entry(&self, name: &str) -> Result<ModuleEntry, ModuleError> {
+        self.modules
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ModuleError::NotFound(name.to_owned()))
+    }
+
+    /// Deploys `bytes` as module `name`. The same bytes and settings again change nothing;
+    /// new settings restart the version keeping its state; new bytes start a candidate that
+    /// rebuilds from position 0 (or from its kept state) while the current one serves.
+    ///
+    /// # Errors
+    /// An invalid name, bytes that are not a usable component, or a storage failure.
+    pub fn deploy(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        settings: ModuleSettings,
+        activation: Activation,
+    ) -> Result<Deployed, ModuleError> {
+        validate_name(name).map_err(ModuleError::InvalidName)?;
+        let version = hex::encode(Sha256::digest(bytes));
+        let _one_at_a_time = self.changes.lock();
+        let existing = self.modules.read().get(name).cloned();
+        if let Some(entry) = &existing {
+            let live = std::iter::once(&entry.current).chain(entry.candidate.iter());
+            if let Some(slot) = live.into_iter().find(|s| s.module.version == version) {
+                if slot.module.settings == settings && entry.activation == activation {
+                    return Ok(Deployed {
+                        module: slot.module.clone(),
+                        changed: false,
+                    });
+                }
+            }
+        }
+        let reusable = existing.as_ref().and_then(|e| {
+            e.all()
+                .find(|(s, role)| s.module.version == version && *role != Role::Replay)
+                .map(|(s, _)| s.module.code().compiled.clone())
+        });
+        let compiled = match reusable {
+            Some(compiled) => compiled,
+            None => Arc::new(self.records.compile(&version, bytes)?),
+        };
+        let record = VersionRecord {
+            version: version.clone(),
+            kind: compiled.kind,
+            deployed_at: now_rfc3339(),
+            size_bytes: bytes.len(),
+            settings,
+            paused: false,
+        };
+        let Some(entry) = existing else {
+            // A first deploy is current at once.
+            let slot = self.start(name, &record, compiled, false)?;
+            let module = slot.module.clone();
+            let entry = ModuleEntry {
+                current: slot,
+                candidate: None,
+                kept: Vec::new(),
+                activation,
+                replays: Vec::new(),
+                paused: BTreeSet::new(),
+            };
+            self.records.save(&entry.record(name))?;
+            self.modules.write().insert(name.to_owned(), entry);
+            tracing::info!(module = name, %version, "deployed");
+            return Ok(Deployed {
+                module,
+                changed: true,
+            });
+        };
+        if entry.current.module.version == version {
+            // New settings for the current version: restart it, keeping its state (and
+            // leave it paused if an operator paused it).
+            let old = entry.current.clone();
+            stop(&old);
+            old.module.mark_retired();
+            let slot = self.start(name, &record, compiled, entry.paused.contains(&version))?;
+            let module = slot.module.clone();
+            self.edit(name, |e| {
+                e.current = slot;
+                e.activation = activation;
+            })?;
+            self.persist(name)?;
+            return Ok(Deployed {
+                module,
+                changed: true,
+            });
+        }
+        // A candidate: a new version, or a kept one catching up from its checkpoint. A
+        // candidate of the same version stops first: the two would share a state.
+        if let Some(old) = entry
+            .candidate
+            .as_ref()
+            .filter(|c| c.module.version == version)
+        {
+            stop(old);
+        }
+        let slot = self.start(name, &record, compiled, false)?;
+        let module = slot.module.clone();
+        let (replaced, dropped_kept) = self.edit(name, |e| {
+            e.activation = activation;
+            let kept = e.kept.iter().position(|s| s.module.version == version);
+            (e.candidate.replace(slot), kept.map(|i| e.kept.remove(i)))
+        })?;
+        self.persist(name)?;
+        if let Some(old) = replaced {
+            if old.module.version == version {
+                old.module.mark_retired();
+            } else {
+                self.retire(&old);
+            }
+        }
+        if let Some(kept) = dropped_kept {
+            kept.module.mark_retired();
+        }
+        if activation == Activation::Auto {
+            self.notify(Notice::Watch(name.to_owned(), version.clone()));
+        }
+        tracing::info!(module = name, %version, "deployed a new version; rebuilding beside the current one");
+        Ok(Deployed {
+            module,
+            changed: true,
+        })
+    }
+
+    /// Makes `version` (a candidate or a kept version) current, without rebuilding: a kept
+    /// version catches up from its own checkpoint.
+    ///
+    /// # Errors
+    /// [`ModuleError::NotFound`] / [`ModuleError::VersionNotFound`].
+    pub fn activate(&self, name: &str, version: &str) -> Result<Arc<DeployedModule>, ModuleError> {
+        let _one_at_a_time = self.changes.lock();
+        let entry = self.entry(name)?;
+        let (target, role) = entry
+            .all()
+            .find(|(s, role)| *role != Role::Replay && version_matches(&s.module.version, version))
+            .map(|(s, role)| (s.clone(), role))
+            .ok_or_else(|| ModuleError::VersionNotFound(name.to_owned(), version.to_owned()))?;
+        if role == Role::Current {
+            return Ok(target.module);
+        }
+        let target = match target.owner {
+            Some(_) => target,
+            None => Slot {
+                owner: Some(self.own(&target.module, false)?),
+                module: target.module,
+            },
+        };
+        self.switch(name, target.clone())?;
+        tracing::info!(module = name, version = %target.module.version, "activated");
+        Ok(target.module)
+    }
+
+    /// Makes `next` current, persists it, then stops the old current and retires what falls
+    /// out of retention.
+    fn switch(&self, name: &str, next: Slot) -> Result<(), ModuleError> {
+        let keep = self.keep_versions;
+        let (old, dropped) = self.edit(name, |e| e.swap_in(next, keep))?;
+        self.persist(name)?;
+        stop(&old);
+        for slot in dropped {
+            self.retire(&slot);
+        }
+        Ok(())
+    }
+
+    /// Makes candidate `version` of `name` current if it still is the candidate and has
+    /// caught up with the current version. `true` when there is nothing more to wait for.
+    fn promote_if_caught_up(&self, name: &str, version: &str) -> bool {
+        let _one_at_a_time = self.changes.lock();
+        let Ok(entry) = self.entry(name) else {
+            return true;
+        };
+        let Some(candidate) = entry.candidate.filter(|c| c.module.version == version) else {
+            return true;
+        };
+        let progress = candidate.module.progress();
+        if progress.status != Status::Running
+            || progress.checkpoint < entry.current.module.progress().checkpoint
+        {
+            return false;
+        }
+        if let Err(err) = self.switch(name, candidate) {
+            tracing::error!(%err, "making a caught-up version current failed");
+            return false;
+        }
+        tracing::info!(module = name, version, "new version is current");
+        true
+    }
+
+    /// Every version of module `name`: current first, then candidate, kept, replays.
+    ///
+    /// # Errors
+    /// [`ModuleError::NotFound`].
+    pub fn versions(&self, name: &str) -> Result<Vec<VersionView>, ModuleError> {
+        let modules = self.modules.read();
+        let entry = modules
+            .get(name)
+            .ok_or_else(|| ModuleError::NotFound(name.to_owned()))?;
+        Ok(entry
+            .all()
+            .map(|(s, role)| VersionView {
+                module: s.module.clone(),
+                role,
+            })
+            .collect())
+    }
+
+    /// The version queries of module `name` address: the current one, or `version` (a full
+    /// version or a prefix of at least 8 characters, or a replay's id).
+    ///
+    /// # Errors
+    /// [`ModuleError::NotFound`] / [`ModuleError::VersionNotFound`].
+    pub fn resolve(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<DeployedModule>, ModuleError> {
+        let modules = self.modules.read();
+        let entry = modules
+            .get(name)
+            .ok_or_else(|| ModuleError::NotFound(name.to_owned()))?;
+        let Some(version) = version else {
+            return Ok(entry.current.module.clone());
+        };
+        entry
+            .all()
+            .find(|(s, _)| version_matches(&s.module.version, version))
+            .map(|(s, _)| s.module.clone())
+            .ok_or_else(|| ModuleError::VersionNotFound(name.to_owned(), version.to_owned()))
+    }
+
+    /// Compares `version`'s state with the current version's.
+    ///
+    /// # Errors
+    /// Unknown module or version, or storage failures.
+    pub fn diff(&self, name: &str, version: &str) -> Result<Diff, ModuleError> {
+        let current = self.resolve(name, None)?;
+        let other = self.resolve(name, Some(version))?;
+        compare::diff(&other, &current)
+    }
+
+    /// `stream`'s state in module `name` (or `version`) at `point`, replayed on demand.
+    ///
+    /// # Errors
+    /// Unknown module or version, not a reducer, or the replay failed.
+    pub fn stream_state_at(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        stream: &StreamName,
+        point: Point,
+    ) -> Result<Option<PastState>, ModuleError> {
+        let module = self.resolve(name, version)?;
+        history::stream_state_at(&*self.log, &module, stream, point)
+    }
+
+    /// Builds a temporary read model of module `name` (its current code) from position 0
+    /// up to `to`, queryable as a version (`version=<its id>`) for [`REPLAY_TTL`].
+    ///
+    /// # Errors
+    /// Unknown module, or the rebuild failed.
+    pub fn replay(
+        &self,
+        name: &str,
+        to: GlobalPosition,
+    ) -> Result<Arc<DeployedModule>, ModuleError> {
+        let current = self.resolve(name, None)?;
+        let id = format!("replay-{}", uuid::Uuid::new_v4().simple());
+        let state = ModuleState::new(self.keyspaces.open(&state_space(name, &id))?);
+        let identity = Identity {
+            version: id,
+            deployed_at: now_rfc3339(),
+            ..current.identity()
+        };
+        let replay = current.rebuilding_copy(identity, state);
+        let slot = Slot {
+            module: replay.clone(),
+            owner: None,
+        };
+        let to = to.min(self.log.head());
+        let skip = current.state.dead_letter_positions()?;
+        if let Err(err) = verify::rebuild_until(&self.log, &replay, to, skip, "replaying") {
+            self.retire(&slot);
+            return Err(err);
+        }
+        replay.set_status(Status::Running, None);
+        self.edit(name, |e| {
+            e.replays.push((slot, Instant::now() + REPLAY_TTL))
+        })?;
+        Ok(replay)
+    }
+
+    /// Retires replays past their time.
+    fn expire_replays(&self) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for entry in self.modules.write().values_mut() {
+            entry.replays.retain(|(slot, until)| {
+                let keep = *until > now;
+                if !keep {
+                    expired.push(slot.clone());
+                }
+                keep
+            });
+        }
+        for slot in expired {
+            self.retire(&slot);
+        }
+    }
+
+    /// Stops a version for good and drops its state (and its code, if nothing else uses
+    /// it). Called without the map lock.
+    fn retire(&self, slot: &Slot) {
+        stop(slot);
+        let module = &slot.module;
+        module.mark_retired();
+        if let Err(err) = self
+            .keyspaces
+            .remove(&state_space(&module.name, &module.version))
+        {
+            tracing::warn!(module = %module.name, %err, "dropping module state failed");
+        }
+        if module.version.starts_with("replay-") {
+            return;
+        }
+        let still_used = self.modules.read().values().any(|e| {
+            e.all()
+                .any(|(s, _)| s.module.version == module.version && !Arc::ptr_eq(&s.module, module))
+        });
+        if !still_used {
+            if let Err(err) = self.records.forget_version(&module.version) {
+                tracing::warn!(module = %module.name, %err, "dropping a version's code failed");
+            }
+        }
+    }
+
+    /// Whether the code of `version` (its component and compiled form) is still kept.
+    pub fn keeps_code_of(&self, version: &str) -> bool {
+        self.records.has_compiled(version)
+    }
+
+    /// Removes module `name`, every version and its state.
+    ///
+    /// # Errors
+    /// [`ModuleError::NotFound`], or storage failures.
+    pub fn remove(&self, name: &str) -> Result<(), ModuleError> {
+        let _one_at_a_time = self.changes.lock();
+        let entry = self
+            .modules
+            .write()
+            .remove(name)
+            .ok_or_else(|| ModuleError::NotFound(name.to_owned()))?;
+        self.records.remove(name)?;
+        for (slot, _) in entry.all() {
+            self.retire(slot);
+        }
+        tracing::info!(module = name, "removed");
+        Ok(())
+    }
+
+    /// Runs `action` on the owner of module `name`'s current version, then records whether
+    /// it is paused.
+    fn operate(
+        &self,
+        name: &str,
+        paused: Option<bool>,
+        action: impl FnOnce(&Owner) -> Result<(), ModuleError>,
+    ) -> Result<Arc<DeployedModule>, ModuleError> {
+        let _one_at_a_time = self.changes.lock();
+        let current = self.entry(name)?.current;
+        action(current.owner()?)?;
+        if let Some(paused) = paused {
+            let version = current.module.version.clone();
+            self.edit(name, |e| match paused {
+                true => e.paused.insert(version),
+                false => e.paused.remove(&version),
+            })?;
+            self.persist(name)?;
+        }
+        Ok(current.module)
+    }
+
+    /// Stops the current version after its current batch; it stays stopped across restarts.
+    ///
+    /// # Errors
+    /// [`ModuleError::NotFound`], or storage failures.
+    pub fn pause(&self, name: &str) -> Result<Arc<DeployedModule>, ModuleError> {
+        self.operate(name, Some(true), Owner::pause)
+    }
+
+    /// Starts a paused or faulted current version again (a faulted one retries its event).
+    ///
+    /// # Errors
+    /// [`ModuleError::NotFound`], or storage failures.
+    pub fn resume(&self, name: &str) -> Result<Arc<DeployedModule>, ModuleError> {
+        self.operate(name, Some(false), Owner::resume)
+    }
+
+    /// Drops the current version's state and dead letters and rebuilds it from position 0
+    /// (when resumed, if it is paused).
+    ///
+    /// # Errors
+    /// [`ModuleError::NotFound`], or storage failures.
+    pub fn reset(&self, name: &str) -> Result<Arc<DeployedModule>, ModuleError> {
+        self.operate(name, None, Owner::reset)
+    }
+
+    /// Steps a faulted current version over the event it stopped at, recording it as a
+    /// dead letter, and starts it again.
+    ///
+    /// # Errors
+    /// [`ModuleError::NotFaulted`] if it is not faulted at an event.
+    pub fn skip(&self, name: &str) -> Result<Arc<DeployedModule>, ModuleError> {
+        self.operate(name, None, Owner::skip)
+    }
+
+    /// Rebuilds the current version into scratch space up to its checkpoint and compares
+    /// the result with its live state. The rebuild runs on the caller's thread while the
+    /// version keeps going; only the last stretch and the comparison stop it.
+    ///
+    /// # Errors
+    /// [`ModuleError::NotFound`], [`ModuleError::Conflict`] if another version became
+    /// current meanwhile, guest or storage failures.
+    pub fn verify(&self, name: &str) -> Result<Verification, ModuleError> {
+        let current = self.entry(name)?.current;
+        let module = &current.module;
+        let mut scratch = Scratch::new(self.log.clone(), self.keyspaces.clone(), module)?;
+        scratch.rebuild_to(module, module.state.checkpoint()?)?;
+        // Through whichever version is current now: a new one refuses the scratch.
+        self.entry(name)?.current.owner()?.finish_verify(scratch)
+    }
+
+    /// The current version of module `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<DeployedModule>> {
+        self.modules
+            .read()
+            .get(name)
+            .map(|e| e.current.module.clone())
+    }
+
+    /// The current version of every module.
+    pub fn list(&self) -> Vec<Arc<DeployedModule>> {
+        self.modules
+            .read()
+            .values()
+            .map(|e| e.current.module.clone())
+            .collect()
+    }
+
+    /// The log head, for lag.
+    pub fn head(&self) -> GlobalPosition {
+        self.log.head()
+    }
+
+    /// Stops every version (each commits its current work).
+    pub fn shutdown(&self) {
+        let slots: Vec<Slot> = self
+            .modules
+            .read()
+            .values()
+            .flat_map(|e| e.all().map(|(s, _)| s.clone()).collect::<Vec<_>>())
+            .collect();
+        for slot in slots {
+            stop(&slot);
+            slot.module.mark_retired();
+        }
+    }
+}
+
+/// Stops a slot's owner, if it has one (its runner commits first).
+fn stop(slot: &Slot) {
+    if let Some(owner) = &slot.owner {
+        owner.stop();
+    }
+}
+
+/// The registry's own thread: promotes candidates once they have caught up, and retires
+/// expired replays. Ends with the registry.
+fn housekeeping(registry: &Weak<ModuleRegistry>, inbox: &Receiver<Notice>) {
+    let mut watched: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut expiry = Instant::now();
+    loop {
+        let wait = if watched.is_empty() {
+            EXPIRY_CHECK
+        } else {
+            PROMOTE_CHECK
+        };
+        match inbox.recv_timeout(wait) {
+            Ok(Notice::Watch(name, version)) => {
+                watched.insert((name, version));
+            }
+            Ok(Notice::CaughtUp) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        watched.retain(|(name, version)| !registry.promote_if_caught_up(name, version));
+        if expiry.elapsed() >= EXPIRY_CHECK {
+            registry.expire_replays();
+            expiry = Instant::now();
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! One deployed module version as everyone but its owner sees it: its identity, code and
+//! settings, its state (read directly by queries), its guest log, and the progress its
+//! owner publishes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::model::{Counters, Progress, Rebuild, Status};
+use super::state::ModuleState;
+use crate::engine::sandbox::GuestLog;
+use crate::engine::{CompiledModule, Guest, ModuleKind, ModuleLimits, WasmEngine};
+use crate::store::GlobalPosition;
+
+/// Who a version is and what it runs, as persisted and shown.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub name: String,
+    pub version: String,
+    pub deployed_at: String,
+    pub size_bytes: usize,
+}
+
+/// The code a version runs: compiled once, instantiated by whoever needs a guest.
+#[derive(Clone)]
+pub(super) struct Code {
+    pub engine: Arc<WasmEngine>,
+    pub compiled: Arc<CompiledModule>,
+}
+
+pub struct DeployedModule {
+    pub name: String,
+    pub version: String,
+    pub kind: ModuleKind,
+    pub deployed_at: String,
+    pub size_bytes: usize,
+    pub settings: super::ModuleSettings,
+    pub limits: ModuleLimits,
+    pub state: ModuleState,
+    pub log: GuestLog,
+    pub counters: Counters,
+    code: Code,
+    progress: watch::Sender<Progress>,
+    /// When the version last started processing, and from which checkpoint: for rates.
+    run_started: Mutex<(Instant, GlobalPosition)>,
+    /// Set once the version is dropped, so that watchers of its progress stop.
+    retired: AtomicBool,
+}
+
+impl DeployedModule {
+    pub(super) fn new(
+        identity: Identity,
+        settings: super::ModuleSettings,
+        limits: ModuleLimits,
+        state: ModuleState,
+        code: Code,
+        progress: Progress,
+    ) -> Self {
+        Self {
+            name: identity.name,
+            version: identity.version,
+            kind: code.compiled.kind,
+            deployed_at: identity.deployed_at,
+            size_bytes: identity.size_bytes,
+            log: GuestLog::new(limits.log_bytes),
+            settings,
+            limits,
+            state,
+            counters: Counters::default(),
+            code,
+            run_started: Mutex::new((Instant::now(), progress.checkpoint)),
+            progress: watch::Sender::new(progress),
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    /// This version's code and settings over another state, starting from position 0: the
+    /// scratch rebuild of `verify`, or a replay.
+    pub(super) fn rebuilding_copy(&self, identity: Identity, state: ModuleState) -> Arc<Self> {
+        Arc::new(Self::new(
+            identity,
+            self.settings.clone(),
+            self.limits.clone(),
+            state,
+            self.code.clone(),
+            Progress {
+                checkpoint: 0,
+                status: Status::Rebuilding,
+                fault: None,
+            },
+        ))
+    }
+
+    pub fn identity(&self) -> Identity {
+        Identity {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            deployed_at: self.deployed_at.clone(),
+            size_bytes: self.size_bytes,
+        }
+    }
+
+    pub(super) fn code(&self) -> &Code {
+        &self.code
+    }
+
+    /// A fresh instance of this version's code, with its limits and log.
+    pub(super) fn new_guest(&self) -> Guest {
+        Guest::new(
+            self.code.engine.clone(),
+            self.code.compiled.clone(),
+            self.limits.clone(),
+            self.log.clone(),
+        )
+    }
+
+    pub fn progress(&self) -> Progress {
+        self.progress.borrow().clone()
+    }
+
+    pub fn watch_progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// Changes the published progress (its owner's job).
+    pub(super) fn publish(&self, change: impl FnOnce(&mut Progress)) {
+        self.progress.send_modify(change);
+    }
+
+    pub(super) fn set_status(&self, status: Status, fault: Option<super::Fault>) {
+        self.publish(|p| {
+            p.status = status;
+            p.fault = fault;
+        });
+    }
+
+    /// Marks the start of a run, for [`DeployedModule::rebuild`]'s rate.
+    pub(super) fn started_run(&self) {
+        *self.run_started.lock() = (Instant::now(), self.progress.borrow().checkpoint);
+    }
+
+    /// Progress towards `head` since the version last started.
+    pub fn rebuild(&self, head: GlobalPosition) -> Rebuild {
+        let checkpoint = self.progress.borrow().checkpoint;
+        let (since, from) = *self.run_started.lock();
+        Rebuild::measure(from, checkpoint, head, since.elapsed().as_secs_f64())
+    }
+
+    /// Marks the version dropped and wakes whoever watches it.
+    pub(super) fn mark_retired(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.progress.send_modify(|_| {});
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+}
