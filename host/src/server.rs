@@ -42,6 +42,51 @@ pub struct ServerConfig {
 /// # Errors
 /// The store cannot be opened or the address cannot be bound.
 pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    stop_signal().await;
+    running.stop().await
+}
+
+/// A server running in this process (for `serve`, and for tests that want one on an
+/// ephemeral port: listen on port 0 and read [`RunningServer::address`]).
+pub struct RunningServer {
+    /// Where it listens.
+    pub address: SocketAddr,
+    pub store: Arc<SledStore>,
+    pub modules: Arc<ModuleRegistry>,
+    shutdown: watch::Sender<bool>,
+    serving: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, finishes in-flight requests, stops the modules and closes the
+    /// store.
+    ///
+    /// # Errors
+    /// Serving failed, or the store did not close cleanly.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = self.shutdown.send(true);
+        self.serving.await.context("the server task")??;
+        let (modules, store) = (self.modules, self.store);
+        tokio::task::spawn_blocking(move || {
+            modules.shutdown();
+            store.close();
+        })
+        .await
+        .context("closing the store")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Opens the store, loads and deploys the modules, binds the address and serves in the
+/// background.
+///
+/// # Errors
+/// The store cannot be opened, a module cannot be deployed, or the address cannot be
+/// bound.
+pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     if config.tokens.is_empty() && !config.listen.ip().is_loopback() && !config.insecure {
         anyhow::bail!(
             "refusing to listen on {} with no tokens configured: anyone who can reach it could append and deploy code. Configure --tokens-file, listen on a loopback address, or pass --insecure",
@@ -86,7 +131,8 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let address = listener.local_addr()?;
+    let (shutdown, mut stopping) = watch::channel(false);
     let app = http::router(AppState {
         store: store.clone(),
         modules: modules.clone(),
@@ -94,25 +140,24 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         tokens: config.tokens.clone(),
         metrics: Arc::default(),
         openapi: Arc::default(),
-        shutdown: shutdown_rx,
+        shutdown: stopping.clone(),
     });
-    tracing::info!(address = %listener.local_addr()?, "refold is serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            stop_signal().await;
-            tracing::info!("shutting down: finishing in-flight requests");
-            let _ = shutdown_tx.send(true);
-        })
-        .await
-        .context("serving HTTP")?;
-    tokio::task::spawn_blocking(move || {
-        modules.shutdown();
-        store.close();
+    tracing::info!(%address, "refold is serving");
+    let serving = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            })
+            .await
+            .context("serving HTTP")
+    });
+    Ok(RunningServer {
+        address,
+        store,
+        modules,
+        shutdown,
+        serving,
     })
-    .await
-    .context("closing the store")?;
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Resolves on the first SIGINT (ctrl-c) or SIGTERM.

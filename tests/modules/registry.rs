@@ -1,0 +1,368 @@
+//! The registry, its version owners and their runners over [`MemoryStore`] and
+//! [`MemoryKeyspaces`]: blue/green switching, reset during a rebuild, skip, verify, pause,
+//! and what a crash leaves of a checkpoint and its state.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use refold::engine::{ModuleLimits, WasmEngine};
+use refold::modules::{Activation, ModuleRegistry, ModuleSettings, Role, Status};
+use refold::store::{
+    EventLog, EventStore, ExpectedRevision, MemoryKeyspaces, MemoryStore, ProposedEvent, StreamName,
+};
+use serde_json::{Value, json};
+
+use crate::support::{example, test_guest};
+
+fn open(log: &Arc<MemoryStore>, spaces: Arc<MemoryKeyspaces>, dir: &Path) -> Arc<ModuleRegistry> {
+    ModuleRegistry::open(
+        Arc::new(WasmEngine::new().expect("the engine")),
+        log.clone(),
+        spaces,
+        dir.join("compiled"),
+        ModuleLimits::default(),
+        2,
+    )
+    .expect("the registry opens")
+}
+
+/// Appends `events` (type, data) to `stream`.
+fn append(log: &MemoryStore, stream: &str, events: &[(&str, Value)]) {
+    let events = events
+        .iter()
+        .map(|(event_type, data)| ProposedEvent {
+            id: uuid::Uuid::new_v4(),
+            id_from_client: false,
+            event_type: (*event_type).to_owned(),
+            data: data.to_string(),
+            metadata: "{}".into(),
+        })
+        .collect();
+    let stream = StreamName::parse(stream).expect("a stream name");
+    futures::executor::block_on(log.append(stream, ExpectedRevision::Any, events))
+        .expect("the append");
+}
+
+/// Deposits of 1..=n cents spread over `accounts` accounts; the balances they make.
+fn deposits(log: &MemoryStore, n: u64, accounts: u64, model: &mut BTreeMap<String, (i64, u64)>) {
+    for i in 1..=n {
+        let stream = format!("account-{}", i % accounts);
+        append(log, &stream, &[("Deposited", json!({ "amount": i }))]);
+        let entry = model.entry(stream).or_default();
+        entry.0 += i as i64;
+        entry.1 += 1;
+    }
+}
+
+/// Waits until `check` holds, or fails saying `what`.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn caught_up(registry: &ModuleRegistry, name: &str, log: &MemoryStore) -> bool {
+    let progress = registry.resolve(name, None).expect("deployed").progress();
+    progress.status == Status::Running && progress.checkpoint == log.head()
+}
+
+/// Every account's state in the current version equals the model.
+fn assert_balances(registry: &ModuleRegistry, name: &str, model: &BTreeMap<String, (i64, u64)>) {
+    let module = registry.resolve(name, None).expect("deployed");
+    for (stream, (balance, transactions)) in model {
+        let state = module
+            .state
+            .stream_state(stream)
+            .expect("a read")
+            .unwrap_or_else(|| panic!("{stream} has a state"));
+        let state: Value = serde_json::from_slice(&state.bytes).expect("JSON state");
+        assert_eq!(state["balance"], json!(balance), "{stream}: {state}");
+        assert_eq!(
+            state["transactions"],
+            json!(transactions),
+            "{stream}: {state}"
+        );
+    }
+}
+
+fn deploy(registry: &ModuleRegistry, name: &str, bytes: &[u8], activation: Activation) -> String {
+    registry
+        .deploy(name, bytes, ModuleSettings::default(), activation)
+        .expect("the deploy")
+        .module
+        .version
+        .clone()
+}
+
+#[test]
+fn a_new_version_rebuilds_beside_the_current_one_and_takes_over_once_caught_up() {
+    let _quiet = crate::QUIET.read();
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(MemoryStore::default());
+    let registry = open(&log, Arc::default(), dir.path());
+    let mut model = BTreeMap::new();
+    deposits(&log, 3_000, 30, &mut model);
+    let first = deploy(
+        &registry,
+        "bank",
+        &example("bank-account.wasm"),
+        Activation::Auto,
+    );
+    eventually("the first version to catch up", || {
+        caught_up(&registry, "bank", &log)
+    });
+    assert_balances(&registry, "bank", &model);
+
+    // A second version (other bytes): a candidate until it has caught up, then current;
+    // the first is kept, with its code, for a rollback.
+    let second = deploy(
+        &registry,
+        "bank",
+        &test_guest("bank-account-fee"),
+        Activation::Auto,
+    );
+    assert_ne!(first, second);
+    eventually("the second version to become current", || {
+        registry.resolve("bank", None).unwrap().version == second
+    });
+    let versions = registry.versions("bank").unwrap();
+    let roles: Vec<(String, Role)> = versions
+        .iter()
+        .map(|v| (v.module.version.clone(), v.role))
+        .collect();
+    assert_eq!(
+        roles,
+        [(second.clone(), Role::Current), (first.clone(), Role::Kept)]
+    );
+    assert!(registry.keeps_code_of(&first));
+
+    // Rolling back makes the kept version current again, without a rebuild from 0.
+    deposits(&log, 100, 30, &mut model);
+    registry.activate("bank", &first).expect("the rollback");
+    eventually("the rolled-back version to catch up", || {
+        caught_up(&registry, "bank", &log)
+    });
+    assert_balances(&registry, "bank", &model);
+
+    // A candidate replaced by another before it became current is dropped with its code.
+    let third = deploy(
+        &registry,
+        "bank",
+        &test_guest("bank-account-fee"),
+        Activation::Manual,
+    );
+    assert_eq!(third, second, "the fee version again, now a candidate");
+    let mut other = example("bank-account.wasm");
+    other.extend_from_slice(&[0, 6, 4, b'n', b'o', b't', b'e', 1]); // a custom section
+    let fourth = deploy(&registry, "bank", &other, Activation::Manual);
+    let candidate = registry
+        .versions("bank")
+        .unwrap()
+        .into_iter()
+        .find(|v| v.role == Role::Candidate)
+        .expect("a candidate");
+    assert_eq!(candidate.module.version, fourth);
+    assert!(registry.resolve("bank", Some(&third)).is_err());
+    assert!(!registry.keeps_code_of(&third), "the replaced candidate's code is gone");
+    assert!(registry.keeps_code_of(&first) && registry.keeps_code_of(&fourth));
+    registry.shutdown();
+}
+
+#[test]
+fn a_reset_during_a_rebuild_starts_over_and_ends_equal_to_the_log() {
+    let _quiet = crate::QUIET.read();
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(MemoryStore::default());
+    let registry = open(&log, Arc::default(), dir.path());
+    let mut model = BTreeMap::new();
+    deposits(&log, 200_000, 1_000, &mut model);
+    deploy(
+        &registry,
+        "bank",
+        &example("bank-account.wasm"),
+        Activation::Auto,
+    );
+    eventually("the rebuild to be under way", || {
+        registry
+            .resolve("bank", None)
+            .unwrap()
+            .progress()
+            .checkpoint
+            > 0
+    });
+    let module = registry.reset("bank").expect("the reset");
+    assert!(
+        module.progress().checkpoint < log.head(),
+        "the reset took effect before the rebuild ended"
+    );
+    eventually("the reset version to catch up", || {
+        caught_up(&registry, "bank", &log)
+    });
+    assert_balances(&registry, "bank", &model);
+    registry.shutdown();
+}
+
+#[test]
+fn skip_steps_over_the_failing_event_and_pause_stops_until_resumed() {
+    let _quiet = crate::QUIET.read();
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(MemoryStore::default());
+    let registry = open(&log, Arc::default(), dir.path());
+    let mut model = BTreeMap::new();
+    deposits(&log, 100, 10, &mut model);
+    append(
+        &log,
+        "account-3",
+        &[("Deposited", json!({ "amount": "ten" }))],
+    );
+    let bad = log.head() - 1;
+    deposits(&log, 100, 10, &mut model);
+    deploy(
+        &registry,
+        "bank",
+        &example("bank-account.wasm"),
+        Activation::Auto,
+    );
+    eventually("the fault", || {
+        registry.resolve("bank", None).unwrap().progress().status == Status::Faulted
+    });
+    let progress = registry.resolve("bank", None).unwrap().progress();
+    assert_eq!(
+        progress.checkpoint, bad,
+        "everything before the bad event is done"
+    );
+    assert_eq!(progress.fault.unwrap().position, Some(bad));
+
+    registry.skip("bank").expect("the skip");
+    eventually("the module to catch up", || {
+        caught_up(&registry, "bank", &log)
+    });
+    assert_balances(&registry, "bank", &model);
+    let module = registry.resolve("bank", None).unwrap();
+    let (letters, _) = module.state.dead_letters(0, 10).unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        (letters[0].position, letters[0].by.as_str()),
+        (bad, "operator")
+    );
+    let again = registry.skip("bank").err().expect("not faulted any more");
+    assert!(
+        matches!(again, refold::modules::ModuleError::NotFaulted(_)),
+        "{again}"
+    );
+
+    // Paused, it processes nothing; resumed, it catches up; verify matches either way.
+    registry.pause("bank").expect("the pause");
+    let paused_at = module.progress().checkpoint;
+    deposits(&log, 50, 10, &mut model);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(module.progress().status, Status::Paused);
+    assert_eq!(module.progress().checkpoint, paused_at);
+    let verification = registry.verify("bank").expect("verify while paused");
+    assert!(verification.matches, "{verification:?}");
+    registry.resume("bank").expect("the resume");
+    eventually("the module to catch up", || {
+        caught_up(&registry, "bank", &log)
+    });
+    assert_balances(&registry, "bank", &model);
+    let verification = registry.verify("bank").expect("verify while running");
+    assert!(verification.matches, "{verification:?}");
+    assert_eq!(verification.position, log.head());
+    registry.shutdown();
+}
+
+#[test]
+fn verify_runs_beside_appends_and_matches_a_module_that_keeps_up() {
+    let _quiet = crate::QUIET.read();
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(MemoryStore::default());
+    let registry = open(&log, Arc::default(), dir.path());
+    let mut model = BTreeMap::new();
+    deposits(&log, 50_000, 500, &mut model);
+    deploy(
+        &registry,
+        "bank",
+        &example("bank-account.wasm"),
+        Activation::Auto,
+    );
+    eventually("the module to catch up", || {
+        caught_up(&registry, "bank", &log)
+    });
+    let writer = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let mut model = BTreeMap::new();
+            deposits(&log, 20_000, 500, &mut model);
+            model
+        })
+    };
+    let verification = registry.verify("bank").expect("verify");
+    assert!(verification.matches, "{verification:?}");
+    assert!(verification.position >= 50_000);
+    for (stream, (balance, count)) in writer.join().unwrap() {
+        let entry = model.entry(stream).or_default();
+        entry.0 += balance;
+        entry.1 += count;
+    }
+    eventually("the module to catch up", || {
+        caught_up(&registry, "bank", &log)
+    });
+    assert_balances(&registry, "bank", &model);
+    registry.shutdown();
+}
+
+#[test]
+fn a_crash_at_any_moment_leaves_state_and_checkpoint_together() {
+    let _quiet = crate::QUIET.read();
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(MemoryStore::default());
+    let spaces = Arc::new(MemoryKeyspaces::default());
+    let registry = open(&log, spaces.clone(), dir.path());
+    let mut model = BTreeMap::new();
+    deposits(&log, 100_000, 2_000, &mut model);
+    deploy(
+        &registry,
+        "bank",
+        &example("bank-account.wasm"),
+        Activation::Auto,
+    );
+    // What a process that died at five moments of the rebuild (and once caught up) would
+    // have left: each, reopened, must end equal to the log, with nothing applied twice.
+    let mut crashes = Vec::new();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(40));
+        crashes.push(spaces.snapshot());
+    }
+    eventually("the module to catch up", || {
+        caught_up(&registry, "bank", &log)
+    });
+    crashes.push(spaces.snapshot());
+    registry.shutdown();
+    let checkpoints: Vec<u64> = crashes
+        .into_iter()
+        .enumerate()
+        .map(|(i, crashed)| {
+            let reopened = open(&log, Arc::new(crashed), &dir.path().join(i.to_string()));
+            let from = reopened
+                .resolve("bank", None)
+                .unwrap()
+                .progress()
+                .checkpoint;
+            eventually("the reopened module to catch up", || {
+                caught_up(&reopened, "bank", &log)
+            });
+            assert_balances(&reopened, "bank", &model);
+            reopened.shutdown();
+            from
+        })
+        .collect();
+    assert!(
+        checkpoints.windows(2).all(|w| w[0] <= w[1]),
+        "checkpoints only move forward: {checkpoints:?}"
+    );
+    assert_eq!(checkpoints.last(), Some(&log.head()));
+}
