@@ -167,7 +167,10 @@ fn a_new_version_rebuilds_beside_the_current_one_and_takes_over_once_caught_up()
         .expect("a candidate");
     assert_eq!(candidate.module.version, fourth);
     assert!(registry.resolve("bank", Some(&third)).is_err());
-    assert!(!registry.keeps_code_of(&third), "the replaced candidate's code is gone");
+    assert!(
+        !registry.keeps_code_of(&third),
+        "the replaced candidate's code is gone"
+    );
     assert!(registry.keeps_code_of(&first) && registry.keeps_code_of(&fourth));
     registry.shutdown();
 }

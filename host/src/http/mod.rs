@@ -8,6 +8,7 @@ mod console;
 pub mod error;
 mod events;
 mod observe;
+mod openapi;
 mod params;
 mod projections;
 mod queries;
@@ -91,7 +92,7 @@ pub fn router(state: AppState) -> Router {
     }
     let endpoints: Vec<&routes::Endpoint> = table.iter().map(|(e, _)| e).collect();
     let state = AppState {
-        openapi: Arc::new(observe::openapi_document(&endpoints)),
+        openapi: Arc::new(openapi::document(&endpoints)),
         ..state
     };
     let mut router = Router::new();

@@ -1,5 +1,9 @@
 //! The registry: every deployed module with its versions and their roles, persisted
-//! ([`records`]).
+//! ([`records`]), made ([`launch`]) and held in memory ([`entry`]).
+//!
+//! Longer than most files, on purpose: it is the one place where roles change, and each
+//! change (deploy, activate, promote, remove, retire) is written out whole, so that the
+//! order of locking, persisting and stopping can be checked in one reading.
 //!
 //! A module has one **current** version (the one queries see), at most one **candidate**
 //! (a new version rebuilding from position 0 in the background), **kept** earlier versions
@@ -14,46 +18,35 @@
 //! [`ModuleRegistry::resolve`] never waits for them. Changes (deploys, activations, operator
 //! actions) are serialized by a second lock that queries never take.
 
+mod entry;
+mod launch;
 mod records;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use sha2::{Digest, Sha256};
 
+use self::entry::{ModuleEntry, Slot, state_space, version_matches};
+pub use self::entry::{Role, VersionView};
+use self::launch::{Launcher, Notice};
 pub use self::records::Activation;
 use self::records::{ModuleRecord, Records, VersionRecord};
 use super::compare::{self, Diff};
 use super::error::ModuleError;
 use super::history::{self, PastState, Point};
-use super::model::{ModuleSettings, Progress, Status, now_rfc3339};
-use super::owner::{CaughtUp, Owner};
+use super::model::{ModuleSettings, Status, now_rfc3339};
+use super::owner::Owner;
 use super::state::ModuleState;
 use super::validate_name;
 use super::verify::{self, Scratch, Verification};
-use super::version::{Code, DeployedModule, Identity};
-use crate::engine::{CompiledModule, ModuleLimits, WasmEngine};
+use super::version::{DeployedModule, Identity};
+use crate::engine::{ModuleLimits, WasmEngine};
 use crate::store::{EventLog, GlobalPosition, Keyspaces, StreamName};
-
-/// A version's place in its module.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Current,
-    Candidate,
-    Kept,
-    Replay,
-}
-
-/// A version with its role.
-pub struct VersionView {
-    pub module: Arc<DeployedModule>,
-    pub role: Role,
-}
 
 /// The outcome of a deploy.
 pub struct Deployed {
@@ -69,111 +62,15 @@ const PROMOTE_CHECK: Duration = Duration::from_millis(100);
 /// How often expired replays are looked for.
 const EXPIRY_CHECK: Duration = Duration::from_secs(10);
 
-/// A version and, while it runs, its owner.
-#[derive(Clone)]
-struct Slot {
-    module: Arc<DeployedModule>,
-    owner: Option<Arc<Owner>>,
-}
-
-impl Slot {
-    fn owner(&self) -> Result<&Owner, ModuleError> {
-        self.owner.as_deref().ok_or_else(|| {
-            ModuleError::Conflict(format!("version {} is not running", self.module.version))
-        })
-    }
-}
-
-#[derive(Clone)]
-struct ModuleEntry {
-    current: Slot,
-    candidate: Option<Slot>,
-    /// Newest first.
-    kept: Vec<Slot>,
-    activation: Activation,
-    replays: Vec<(Slot, Instant)>,
-    /// Whether each version is paused (persisted).
-    paused: BTreeSet<String>,
-}
-
-impl ModuleEntry {
-    fn all(&self) -> impl Iterator<Item = (&Slot, Role)> {
-        std::iter::once((&self.current, Role::Current))
-            .chain(self.candidate.iter().map(|s| (s, Role::Candidate)))
-            .chain(self.kept.iter().map(|s| (s, Role::Kept)))
-            .chain(self.replays.iter().map(|(s, _)| (s, Role::Replay)))
-    }
-
-    fn record(&self, name: &str) -> ModuleRecord {
-        let version = |slot: &Slot| VersionRecord {
-            version: slot.module.version.clone(),
-            kind: slot.module.kind,
-            deployed_at: slot.module.deployed_at.clone(),
-            size_bytes: slot.module.size_bytes,
-            settings: slot.module.settings.clone(),
-            paused: self.paused.contains(&slot.module.version),
-        };
-        ModuleRecord {
-            name: name.to_owned(),
-            current: version(&self.current),
-            candidate: self.candidate.as_ref().map(version),
-            kept: self.kept.iter().map(version).collect(),
-            activation: self.activation,
-        }
-    }
-
-    /// Makes `next` current; the old current is kept for rollback. Returns the slots to
-    /// stop (the old current) and to retire (kept versions past retention).
-    fn swap_in(&mut self, next: Slot, keep_versions: usize) -> (Slot, Vec<Slot>) {
-        let same = |s: &Slot| Arc::ptr_eq(&s.module, &next.module);
-        if self.candidate.as_ref().is_some_and(same) {
-            self.candidate = None;
-        }
-        self.kept.retain(|s| !same(s));
-        let old = std::mem::replace(&mut self.current, next);
-        self.paused.remove(&old.module.version);
-        self.kept.insert(
-            0,
-            Slot {
-                module: old.module.clone(),
-                owner: None,
-            },
-        );
-        let dropped = self.kept.split_off(keep_versions.min(self.kept.len()));
-        (old, dropped)
-    }
-}
-
-fn state_space(name: &str, version: &str) -> String {
-    format!("state/{name}/{version}")
-}
-
-/// Whether `query` names `version`: in full, or as a prefix of at least 8 characters.
-fn version_matches(version: &str, query: &str) -> bool {
-    version == query || (query.len() >= 8 && version.starts_with(query))
-}
-
-/// What the registry's housekeeping thread is told.
-enum Notice {
-    /// Promote this candidate once it has caught up.
-    Watch(String, String),
-    /// Some version caught up: look at the candidates now.
-    CaughtUp,
-}
-
 /// Every deployed module, and what they share.
 pub struct ModuleRegistry {
-    engine: Arc<WasmEngine>,
-    log: Arc<dyn EventLog>,
-    keyspaces: Arc<dyn Keyspaces>,
+    launcher: Launcher,
     records: Records,
-    defaults: ModuleLimits,
     /// Earlier versions whose state is kept for rollback.
     keep_versions: usize,
     modules: RwLock<BTreeMap<String, ModuleEntry>>,
     /// Deploys, removals, activations and operator actions one at a time.
     changes: Mutex<()>,
-    notices: Mutex<Sender<Notice>>,
 }
 
 impl ModuleRegistry {
@@ -192,15 +89,17 @@ impl ModuleRegistry {
         let records = Records::open(&*keyspaces, engine.clone(), compiled_dir)?;
         let (notices, inbox) = channel();
         let registry = Arc::new(Self {
-            engine,
-            log,
-            keyspaces,
+            launcher: Launcher {
+                engine,
+                log,
+                keyspaces,
+                defaults,
+                notices: Mutex::new(notices),
+            },
             records,
-            defaults,
             keep_versions,
             modules: RwLock::new(BTreeMap::new()),
             changes: Mutex::new(()),
-            notices: Mutex::new(notices),
         });
         for record in registry.records.modules()? {
             registry.load(&record)?;
@@ -213,122 +112,18 @@ impl ModuleRegistry {
     }
 
     fn load(&self, record: &ModuleRecord) -> anyhow::Result<()> {
-        let paused: BTreeSet<String> = std::iter::once(&record.current)
-            .chain(record.candidate.iter())
-            .filter(|v| v.paused)
-            .map(|v| v.version.clone())
-            .collect();
-        let start = |v: &VersionRecord| -> anyhow::Result<Slot> {
-            let compiled = self.records.load_compiled(&v.version).map_err(|e| {
-                e.context(format!(
-                    "loading module {} version {}",
-                    record.name, v.version
-                ))
-            })?;
-            Ok(self.start(&record.name, v, Arc::new(compiled), v.paused)?)
-        };
-        let current = start(&record.current)?;
-        let candidate = record.candidate.as_ref().map(start).transpose()?;
-        let kept = record
-            .kept
-            .iter()
-            .map(|v| {
-                let compiled = Arc::new(self.records.load_compiled(&v.version)?);
-                let module = self.version(&record.name, v, compiled)?;
-                Ok(Slot {
-                    module,
-                    owner: None,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let watch = candidate
+        let entry = self.launcher.entry(record, &self.records)?;
+        let watch = entry
+            .candidate
             .as_ref()
             .filter(|_| record.activation == Activation::Auto)
             .map(|c| c.module.version.clone());
-        self.modules.write().insert(
-            record.name.clone(),
-            ModuleEntry {
-                current,
-                candidate,
-                kept,
-                activation: record.activation,
-                replays: Vec::new(),
-                paused,
-            },
-        );
+        self.modules.write().insert(record.name.clone(), entry);
         if let Some(version) = watch {
-            self.notify(Notice::Watch(record.name.clone(), version));
+            self.launcher
+                .notify(Notice::Watch(record.name.clone(), version));
         }
         Ok(())
-    }
-
-    fn notify(&self, notice: Notice) {
-        let _ = self.notices.lock().send(notice);
-    }
-
-    /// A version over its state, not running.
-    fn version(
-        &self,
-        name: &str,
-        record: &VersionRecord,
-        compiled: Arc<CompiledModule>,
-    ) -> Result<Arc<DeployedModule>, ModuleError> {
-        let state = ModuleState::new(self.keyspaces.open(&state_space(name, &record.version))?);
-        let checkpoint = state.checkpoint()?;
-        let status = if checkpoint >= self.log.head() {
-            Status::Running
-        } else {
-            Status::Rebuilding
-        };
-        Ok(Arc::new(DeployedModule::new(
-            Identity {
-                name: name.to_owned(),
-                version: record.version.clone(),
-                deployed_at: record.deployed_at.clone(),
-                size_bytes: record.size_bytes,
-            },
-            record.settings.clone(),
-            record.settings.limits(&self.defaults),
-            state,
-            Code {
-                engine: self.engine.clone(),
-                compiled,
-            },
-            Progress {
-                checkpoint,
-                status,
-                fault: None,
-            },
-        )))
-    }
-
-    /// A version with its owner: following the log, or paused.
-    fn start(
-        &self,
-        name: &str,
-        record: &VersionRecord,
-        compiled: Arc<CompiledModule>,
-        paused: bool,
-    ) -> Result<Slot, ModuleError> {
-        let module = self.version(name, record, compiled)?;
-        let owner = self.own(&module, paused)?;
-        Ok(Slot {
-            module,
-            owner: Some(owner),
-        })
-    }
-
-    fn own(&self, module: &Arc<DeployedModule>, paused: bool) -> Result<Arc<Owner>, ModuleError> {
-        let notices = self.notices.lock().clone();
-        let caught_up: CaughtUp = Arc::new(move || {
-            let _ = notices.send(Notice::CaughtUp);
-        });
-        Ok(Arc::new(Owner::start(
-            module.clone(),
-            self.log.clone(),
-            paused,
-            caught_up,
-        )?))
     }
 
     /// Writes module `name`'s record as the map has it now.
@@ -380,13 +175,14 @@ impl ModuleRegistry {
         let existing = self.modules.read().get(name).cloned();
         if let Some(entry) = &existing {
             let live = std::iter::once(&entry.current).chain(entry.candidate.iter());
-            if let Some(slot) = live.into_iter().find(|s| s.module.version == version) {
-                if slot.module.settings == settings && entry.activation == activation {
-                    return Ok(Deployed {
-                        module: slot.module.clone(),
-                        changed: false,
-                    });
-                }
+            if let Some(slot) = live.into_iter().find(|s| s.module.version == version)
+                && slot.module.settings == settings
+                && entry.activation == activation
+            {
+                return Ok(Deployed {
+                    module: slot.module.clone(),
+                    changed: false,
+                });
             }
         }
         let reusable = existing.as_ref().and_then(|e| {
@@ -408,16 +204,9 @@ impl ModuleRegistry {
         };
         let Some(entry) = existing else {
             // A first deploy is current at once.
-            let slot = self.start(name, &record, compiled, false)?;
+            let slot = self.launcher.start(name, &record, compiled, false)?;
             let module = slot.module.clone();
-            let entry = ModuleEntry {
-                current: slot,
-                candidate: None,
-                kept: Vec::new(),
-                activation,
-                replays: Vec::new(),
-                paused: BTreeSet::new(),
-            };
+            let entry = ModuleEntry::new(slot, activation);
             self.records.save(&entry.record(name))?;
             self.modules.write().insert(name.to_owned(), entry);
             tracing::info!(module = name, %version, "deployed");
@@ -430,9 +219,11 @@ impl ModuleRegistry {
             // New settings for the current version: restart it, keeping its state (and
             // leave it paused if an operator paused it).
             let old = entry.current.clone();
-            stop(&old);
+            old.stop();
             old.module.mark_retired();
-            let slot = self.start(name, &record, compiled, entry.paused.contains(&version))?;
+            let slot =
+                self.launcher
+                    .start(name, &record, compiled, entry.paused.contains(&version))?;
             let module = slot.module.clone();
             self.edit(name, |e| {
                 e.current = slot;
@@ -451,9 +242,9 @@ impl ModuleRegistry {
             .as_ref()
             .filter(|c| c.module.version == version)
         {
-            stop(old);
+            old.stop();
         }
-        let slot = self.start(name, &record, compiled, false)?;
+        let slot = self.launcher.start(name, &record, compiled, false)?;
         let module = slot.module.clone();
         let (replaced, dropped_kept) = self.edit(name, |e| {
             e.activation = activation;
@@ -472,7 +263,8 @@ impl ModuleRegistry {
             kept.module.mark_retired();
         }
         if activation == Activation::Auto {
-            self.notify(Notice::Watch(name.to_owned(), version.clone()));
+            self.launcher
+                .notify(Notice::Watch(name.to_owned(), version.clone()));
         }
         tracing::info!(module = name, %version, "deployed a new version; rebuilding beside the current one");
         Ok(Deployed {
@@ -500,7 +292,7 @@ impl ModuleRegistry {
         let target = match target.owner {
             Some(_) => target,
             None => Slot {
-                owner: Some(self.own(&target.module, false)?),
+                owner: Some(self.launcher.own(&target.module, false)?),
                 module: target.module,
             },
         };
@@ -515,7 +307,7 @@ impl ModuleRegistry {
         let keep = self.keep_versions;
         let (old, dropped) = self.edit(name, |e| e.swap_in(next, keep))?;
         self.persist(name)?;
-        stop(&old);
+        old.stop();
         for slot in dropped {
             self.retire(&slot);
         }
@@ -610,7 +402,7 @@ impl ModuleRegistry {
         point: Point,
     ) -> Result<Option<PastState>, ModuleError> {
         let module = self.resolve(name, version)?;
-        history::stream_state_at(&*self.log, &module, stream, point)
+        history::stream_state_at(&*self.launcher.log, &module, stream, point)
     }
 
     /// Builds a temporary read model of module `name` (its current code) from position 0
@@ -625,7 +417,7 @@ impl ModuleRegistry {
     ) -> Result<Arc<DeployedModule>, ModuleError> {
         let current = self.resolve(name, None)?;
         let id = format!("replay-{}", uuid::Uuid::new_v4().simple());
-        let state = ModuleState::new(self.keyspaces.open(&state_space(name, &id))?);
+        let state = ModuleState::new(self.launcher.keyspaces.open(&state_space(name, &id))?);
         let identity = Identity {
             version: id,
             deployed_at: now_rfc3339(),
@@ -636,9 +428,10 @@ impl ModuleRegistry {
             module: replay.clone(),
             owner: None,
         };
-        let to = to.min(self.log.head());
+        let to = to.min(self.launcher.log.head());
         let skip = current.state.dead_letter_positions()?;
-        if let Err(err) = verify::rebuild_until(&self.log, &replay, to, skip, "replaying") {
+        if let Err(err) = verify::rebuild_until(&self.launcher.log, &replay, to, skip, "replaying")
+        {
             self.retire(&slot);
             return Err(err);
         }
@@ -670,10 +463,11 @@ impl ModuleRegistry {
     /// Stops a version for good and drops its state (and its code, if nothing else uses
     /// it). Called without the map lock.
     fn retire(&self, slot: &Slot) {
-        stop(slot);
+        slot.stop();
         let module = &slot.module;
         module.mark_retired();
         if let Err(err) = self
+            .launcher
             .keyspaces
             .remove(&state_space(&module.name, &module.version))
         {
@@ -686,10 +480,8 @@ impl ModuleRegistry {
             e.all()
                 .any(|(s, _)| s.module.version == module.version && !Arc::ptr_eq(&s.module, module))
         });
-        if !still_used {
-            if let Err(err) = self.records.forget_version(&module.version) {
-                tracing::warn!(module = %module.name, %err, "dropping a version's code failed");
-            }
+        if !still_used && let Err(err) = self.records.forget_version(&module.version) {
+            tracing::warn!(module = %module.name, %err, "dropping a version's code failed");
         }
     }
 
@@ -783,7 +575,11 @@ impl ModuleRegistry {
     pub fn verify(&self, name: &str) -> Result<Verification, ModuleError> {
         let current = self.entry(name)?.current;
         let module = &current.module;
-        let mut scratch = Scratch::new(self.log.clone(), self.keyspaces.clone(), module)?;
+        let mut scratch = Scratch::new(
+            self.launcher.log.clone(),
+            self.launcher.keyspaces.clone(),
+            module,
+        )?;
         scratch.rebuild_to(module, module.state.checkpoint()?)?;
         // Through whichever version is current now: a new one refuses the scratch.
         self.entry(name)?.current.owner()?.finish_verify(scratch)
@@ -808,7 +604,7 @@ impl ModuleRegistry {
 
     /// The log head, for lag.
     pub fn head(&self) -> GlobalPosition {
-        self.log.head()
+        self.launcher.log.head()
     }
 
     /// Stops every version (each commits its current work).
@@ -820,16 +616,9 @@ impl ModuleRegistry {
             .flat_map(|e| e.all().map(|(s, _)| s.clone()).collect::<Vec<_>>())
             .collect();
         for slot in slots {
-            stop(&slot);
+            slot.stop();
             slot.module.mark_retired();
         }
-    }
-}
-
-/// Stops a slot's owner, if it has one (its runner commits first).
-fn stop(slot: &Slot) {
-    if let Some(owner) = &slot.owner {
-        owner.stop();
     }
 }
 
