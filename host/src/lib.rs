@@ -1,18 +1,29 @@
 //! Refold: an event store that runs WebAssembly reducers and projections over every stream.
 //!
-//! The crate is laid out by layer:
+//! The crate is laid out by layer; each depends only on the layers below it:
 //!
-//! - [`store`]: the event log. Domain types, the [`store::EventStore`] trait, and the
-//!   embedded sled backend with its group-commit writer and event-id index. Owns
-//!   durability, and stops acknowledging writes after a storage error until it recovers.
+//! ```text
+//! cli ─▶ server ─▶ http ─┬─▶ modules ─┬─▶ engine
+//!                        │            └─▶ store (EventLog, Keyspaces)
+//!                        └─▶ store (EventStore)
+//! metrics, memory: used by http and modules
+//! ```
+//!
+//! - [`store`]: storage, and the only layer that names sled. Domain types; [`store::EventLog`]
+//!   (reading the durable log), [`store::EventStore`] (writing it) and [`store::Keyspaces`]
+//!   (keyed state beside the log); the embedded sled backend with its group-commit writer
+//!   and event-id index, and an in-memory backend. Owns durability, and stops acknowledging
+//!   writes after a storage error until it recovers.
 //! - [`engine`]: the WebAssembly runtime: one wasmtime engine, upload checks, the sealed
 //!   sandbox (constant clocks and randomness, bounded host buffers) and guest instances.
-//! - [`modules`]: deployed modules: the registry, one runner per module version, their
-//!   state and checkpoints, time travel, verify and replay.
+//! - [`modules`]: deployed modules over the log and keyspaces: the registry of versions and
+//!   roles, one owner thread per running version with its runner, state and checkpoints,
+//!   time travel, verify and replay.
 //! - [`http`]: the HTTP API (axum), with one error type that maps every failure to the
 //!   JSON error shape and a stable code.
 //! - [`metrics`]: the Prometheus counters. [`memory`]: giving freed heap back.
-//! - [`server`]: opens the store, serves the API, and shuts down gracefully.
+//! - [`server`]: opens the store, serves the API (also in-process, for tests), and shuts
+//!   down gracefully.
 //! - [`cli`]: the `refold` command line: `serve`, and client commands against a running
 //!   server.
 

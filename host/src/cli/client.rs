@@ -61,6 +61,17 @@ fn segment(raw: &str) -> String {
     out
 }
 
+/// Sends `request` to `server`.
+///
+/// # Errors
+/// The server cannot be reached.
+async fn send(server: &str, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+    request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {server}"))
+}
+
 pub async fn deploy(
     server: &str,
     name: &str,
@@ -69,14 +80,15 @@ pub async fn deploy(
     wait: bool,
 ) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let response = http()
-        .put(format!("{server}/projections/{}", segment(name)))
-        .query(&[("activate", activate)])
-        .header("content-type", "application/wasm")
-        .body(bytes)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {server}"))?;
+    let response = send(
+        server,
+        http()
+            .put(format!("{server}/projections/{}", segment(name)))
+            .query(&[("activate", activate)])
+            .header("content-type", "application/wasm")
+            .body(bytes),
+    )
+    .await?;
     let body = print_json(response).await?;
     if wait {
         let version = body["version"].as_str().unwrap_or_default().to_owned();
@@ -86,11 +98,11 @@ pub async fn deploy(
 }
 
 pub async fn versions(server: &str, name: &str) -> anyhow::Result<()> {
-    let response = http()
-        .get(format!("{server}/projections/{}/versions", segment(name)))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {server}"))?;
+    let response = send(
+        server,
+        http().get(format!("{server}/projections/{}/versions", segment(name))),
+    )
+    .await?;
     print_response(response).await
 }
 
@@ -100,11 +112,7 @@ pub async fn diff(server: &str, name: &str, version: &str) -> anyhow::Result<()>
         segment(name),
         segment(version)
     );
-    let response = http()
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {server}"))?;
+    let response = send(server, http().get(url)).await?;
     print_response(response).await
 }
 
@@ -114,11 +122,7 @@ pub async fn activate(server: &str, name: &str, version: &str, wait: bool) -> an
         segment(name),
         segment(version)
     );
-    let response = http()
-        .post(url)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {server}"))?;
+    let response = send(server, http().post(url)).await?;
     let body = print_json(response).await?;
     if wait {
         let version = body["version"].as_str().unwrap_or(version).to_owned();
@@ -139,13 +143,7 @@ async fn follow_rebuild(server: &str, name: &str, version: &str) -> anyhow::Resu
     let client = http();
     loop {
         let url = format!("{server}/projections/{}/versions", segment(name));
-        let body: Value = client
-            .get(url)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {server}"))?
-            .json()
-            .await?;
+        let body: Value = send(server, client.get(url)).await?.json().await?;
         let entry = body["versions"]
             .as_array()
             .and_then(|all| all.iter().find(|v| v["version"] == version))
@@ -216,12 +214,7 @@ async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
 
 /// GETs `url` with `query` and returns the JSON answer.
 async fn get(server: &str, url: String, query: &[(&str, String)]) -> anyhow::Result<Value> {
-    let response = http()
-        .get(url)
-        .query(query)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {server}"))?;
+    let response = send(server, http().get(url).query(query)).await?;
     answer(response).await
 }
 
@@ -284,12 +277,7 @@ pub async fn tail(
             )
         }
     };
-    let response = http()
-        .get(url)
-        .query(&[("from", from)])
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {server}"))?;
+    let response = send(server, http().get(url).query(&[("from", from)])).await?;
     if !response.status().is_success() {
         answer(response).await?;
         bail!("the subscription was refused");
@@ -342,12 +330,13 @@ fn find_blank_line(buffer: &[u8]) -> Option<usize> {
 
 /// The revision the next event of `stream` will have.
 async fn next_revision(server: &str, stream: &str) -> anyhow::Result<u64> {
-    let response = http()
-        .get(format!("{server}/streams/{}", segment(stream)))
-        .query(&[("direction", "backward"), ("limit", "1")])
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {server}"))?;
+    let response = send(
+        server,
+        http()
+            .get(format!("{server}/streams/{}", segment(stream)))
+            .query(&[("direction", "backward"), ("limit", "1")]),
+    )
+    .await?;
     if response.status() == reqwest::StatusCode::NOT_FOUND {
         return Ok(0);
     }
@@ -465,13 +454,11 @@ pub async fn import(server: &str, file: &std::path::Path, resume: bool) -> anyho
         }
         let full = batched >= IMPORT_BATCH_EVENTS || batch.len() >= IMPORT_BATCH_BYTES;
         if batched > 0 && (full || line.is_none()) {
-            let response = client
+            let request = client
                 .post(format!("{server}/import"))
                 .header("content-type", "application/x-ndjson")
-                .body(std::mem::take(&mut batch))
-                .send()
-                .await
-                .with_context(|| format!("cannot reach {server}"))?;
+                .body(std::mem::take(&mut batch));
+            let response = send(server, request).await?;
             let answer = answer(response)
                 .await
                 .with_context(|| format!("importing after position {head}"))?;
@@ -513,11 +500,7 @@ pub async fn append(
     if let Some(expected) = expected_revision {
         request = request.query(&[("expected_revision", expected)]);
     }
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {server}"))?;
-    print_response(response).await
+    print_response(send(server, request).await?).await
 }
 
 pub async fn read(
@@ -565,11 +548,7 @@ pub async fn projections(server: &str, name: Option<&str>) -> anyhow::Result<()>
         Some(name) => format!("{server}/projections/{}", segment(name)),
         None => format!("{server}/projections"),
     };
-    let response = http()
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {server}"))?;
+    let response = send(server, http().get(url)).await?;
     print_response(response).await
 }
 
@@ -588,12 +567,7 @@ pub async fn state(
     if let Some(after) = after {
         params.push(("after", after.to_string()));
     }
-    let response = http()
-        .get(url)
-        .query(&params)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {server}"))?;
+    let response = send(server, http().get(url).query(&params)).await?;
     print_response(response).await
 }
 

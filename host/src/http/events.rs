@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::body::read_limited;
 use super::error::ApiError;
 use super::render::push_event_list;
-use super::{AppState, Limits, params};
+use super::{AppState, Limits, blocking, params};
 use crate::store::{ExpectedRevision, ProposedEvent};
 
 /// The fields an event may have.
@@ -235,13 +235,12 @@ pub async fn read_stream(
     let direction = params::direction(query.direction.as_deref())?;
     let store = app.store.clone();
     let name = stream.clone();
-    let slice =
-        tokio::task::spawn_blocking(move || store.read_stream(&name, from, limit, direction))
-            .await??
-            .ok_or_else(|| {
-                ApiError::not_found("stream_not_found", format!("stream {stream} has no events"))
-                    .with("stream", stream.as_str())
-            })?;
+    let slice = blocking(move || store.read_stream(&name, from, limit, direction))
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found("stream_not_found", format!("stream {stream} has no events"))
+                .with("stream", stream.as_str())
+        })?;
     let mut out = Vec::with_capacity(128 + slice.events.len() * 256);
     out.extend_from_slice(b"{\"stream\":");
     let _ = serde_json::to_writer(&mut out, stream.as_str());
@@ -271,9 +270,7 @@ pub async fn read_all(
     let limit = params::limit(query.limit.as_deref())?;
     let filter = params::filter(query.event_type.as_deref(), query.category.as_deref());
     let store = app.store.clone();
-    let slice =
-        tokio::task::spawn_blocking(move || store.read_all(from, limit, ALL_SCAN_LIMIT, &filter))
-            .await??;
+    let slice = blocking(move || store.read_all(from, limit, ALL_SCAN_LIMIT, &filter)).await?;
     let next = (!slice.reached_head).then_some(slice.scanned_to);
     let mut out = Vec::with_capacity(64 + slice.events.len() * 256);
     out.push(b'{');
@@ -300,9 +297,7 @@ pub async fn list_streams(
     let prefix = query.prefix.unwrap_or_default();
     let after = query.after;
     let store = app.store.clone();
-    let listing =
-        tokio::task::spawn_blocking(move || store.list_streams(&prefix, after.as_deref(), limit))
-            .await??;
+    let listing = blocking(move || store.list_streams(&prefix, after.as_deref(), limit)).await?;
     let streams: Vec<_> = listing
         .streams
         .iter()

@@ -75,6 +75,16 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// Runs `work` (a storage read or a module operation, which may block) on the blocking
+/// pool, so that no async worker waits on a disk.
+async fn blocking<T, E>(work: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work).await?.map_err(Into::into)
+}
+
 /// The whole API, built from [`routes::table`].
 pub fn router(state: AppState) -> Router {
     let table = routes::table();

@@ -16,36 +16,37 @@ use crate::modules::Status;
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     let mut out = String::with_capacity(4096);
     let m = &app.metrics;
-    help(
-        &mut out,
-        "refold_appends_total",
-        "counter",
-        "Append requests acknowledged.",
-    );
-    out += &format!(
-        "refold_appends_total {}\n",
-        m.appends.load(Ordering::Relaxed)
-    );
-    help(
-        &mut out,
-        "refold_events_appended_total",
-        "counter",
-        "Events in acknowledged appends.",
-    );
-    out += &format!(
-        "refold_events_appended_total {}\n",
-        m.events_appended.load(Ordering::Relaxed)
-    );
-    help(
-        &mut out,
-        "refold_append_conflicts_total",
-        "counter",
-        "Appends refused for a wrong expected revision.",
-    );
-    out += &format!(
-        "refold_append_conflicts_total {}\n",
-        m.append_conflicts.load(Ordering::Relaxed)
-    );
+    let head = app.store.head();
+    let single: [(&str, &str, &str, u64); 4] = [
+        (
+            "refold_appends_total",
+            "counter",
+            "Append requests acknowledged.",
+            m.appends.load(Ordering::Relaxed),
+        ),
+        (
+            "refold_events_appended_total",
+            "counter",
+            "Events in acknowledged appends.",
+            m.events_appended.load(Ordering::Relaxed),
+        ),
+        (
+            "refold_append_conflicts_total",
+            "counter",
+            "Appends refused for a wrong expected revision.",
+            m.append_conflicts.load(Ordering::Relaxed),
+        ),
+        (
+            "refold_log_head",
+            "gauge",
+            "Durable events in the log (the next position).",
+            head,
+        ),
+    ];
+    for (name, kind, text, value) in single {
+        help(&mut out, name, kind, text);
+        out += &format!("{name} {value}\n");
+    }
     help(
         &mut out,
         "refold_append_duration_seconds",
@@ -54,14 +55,6 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     );
     m.append_latency
         .render(&mut out, "refold_append_duration_seconds", "");
-    help(
-        &mut out,
-        "refold_log_head",
-        "gauge",
-        "Durable events in the log (the next position).",
-    );
-    let head = app.store.head();
-    out += &format!("refold_log_head {head}\n");
 
     let modules = app.modules.list();
     let per_module: [(&str, &str, &str); 5] = [

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::body::read_limited;
 use super::error::ApiError;
-use super::{AppState, params};
+use super::{AppState, blocking, params};
 use crate::engine::UploadError;
 use crate::modules::{
     Activation, DeployedModule, FaultPolicy, ModuleError, ModuleSettings, Role, VersionView,
@@ -187,9 +187,7 @@ pub async fn deploy(
     let activation = query.activation()?;
     let body = read_limited(&headers, body, app.limits.max_module_bytes).await?;
     let modules = app.modules.clone();
-    let deployed =
-        tokio::task::spawn_blocking(move || modules.deploy(&name, &body, settings, activation))
-            .await??;
+    let deployed = blocking(move || modules.deploy(&name, &body, settings, activation)).await?;
     let module = &deployed.module;
     let status = if deployed.changed {
         StatusCode::CREATED
@@ -263,7 +261,7 @@ pub async fn remove(
     let Path(name) = path?;
     let modules = app.modules.clone();
     let target = name.clone();
-    tokio::task::spawn_blocking(move || modules.remove(&target)).await??;
+    blocking(move || modules.remove(&target)).await?;
     Ok(Json(json!({ "name": name, "removed": true })))
 }
 
@@ -318,7 +316,7 @@ pub async fn activate(
     let modules = app.modules.clone();
     let head = modules.head();
     let target = name.clone();
-    let module = tokio::task::spawn_blocking(move || modules.activate(&target, &version)).await??;
+    let module = blocking(move || modules.activate(&target, &version)).await?;
     Ok(Json(summary(&module, head)))
 }
 
@@ -328,7 +326,7 @@ pub async fn diff(
 ) -> Result<Json<Value>, ApiError> {
     let Path((name, version)) = path?;
     let modules = app.modules.clone();
-    let diff = tokio::task::spawn_blocking(move || modules.diff(&name, &version)).await??;
+    let diff = blocking(move || modules.diff(&name, &version)).await?;
     Ok(Json(serde_json::to_value(diff).unwrap_or_default()))
 }
 
@@ -354,11 +352,11 @@ pub async fn replay(
         Ok(position) => position,
         Err(_) => {
             let micros = params::timestamp_micros("to", &raw)?;
-            tokio::task::spawn_blocking(move || position_at_time(store.as_ref(), micros)).await??
+            blocking(move || store.position_after_time(micros)).await?
         }
     };
     let modules = app.modules.clone();
-    let module = tokio::task::spawn_blocking(move || modules.replay(&name, to)).await??;
+    let module = blocking(move || modules.replay(&name, to)).await?;
     let value = json!({
         "name": module.name,
         "version": module.version,
@@ -367,26 +365,4 @@ pub async fn replay(
         "expires_in_seconds": 15 * 60,
     });
     Ok(Json(value))
-}
-
-/// The first log position recorded after `micros` (so that every event recorded at or
-/// before it is below): a binary search over recorded times, which grow with the log.
-fn position_at_time(store: &dyn crate::store::EventStore, micros: i64) -> Result<u64, ApiError> {
-    let recorded = |position: u64| -> Result<i64, ApiError> {
-        let slice = store.read_all(position, 1, 1, &crate::store::EventFilter::default())?;
-        Ok(slice
-            .events
-            .first()
-            .map_or(i64::MAX, |e| e.recorded_at_micros))
-    };
-    let (mut low, mut high) = (0, store.head());
-    while low < high {
-        let mid = low + (high - low) / 2;
-        if recorded(mid)? <= micros {
-            low = mid + 1;
-        } else {
-            high = mid;
-        }
-    }
-    Ok(low)
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::{AppState, params};
+use super::{AppState, blocking, params};
 use crate::engine::ModuleKind;
 use crate::modules::{DeployedModule, Point, Status};
 
@@ -139,9 +139,9 @@ pub async fn stream_state(
         )
     };
     let Some(point) = point else {
-        let state = module
-            .state
-            .stream_state(stream.as_str())?
+        let (reader, target) = (module.clone(), stream.clone());
+        let state = blocking(move || reader.state.stream_state(target.as_str()))
+            .await?
             .ok_or_else(no_state)?;
         return Ok(Json(json!({
             "stream": stream.as_str(),
@@ -153,11 +153,10 @@ pub async fn stream_state(
     let version = module.version.clone();
     let target = stream.clone();
     let module_name = name.clone();
-    let past = tokio::task::spawn_blocking(move || {
-        modules.stream_state_at(&module_name, Some(&version), &target, point)
-    })
-    .await??
-    .ok_or_else(no_state)?;
+    let past =
+        blocking(move || modules.stream_state_at(&module_name, Some(&version), &target, point))
+            .await?
+            .ok_or_else(no_state)?;
     Ok(Json(json!({
         "stream": stream.as_str(),
         "revision": past.revision,
@@ -175,41 +174,17 @@ pub async fn state_key(
     let Query(consistency) = query?;
     let module = version_caught_up(&app, &name, &consistency).await?;
     require_kind(&module, ModuleKind::Projection)?;
-    let value = module.state.value(&key)?.ok_or_else(|| {
-        ApiError::not_found("key_not_found", format!("module {name} has no key {key:?}"))
-            .with("key", key.as_str())
-    })?;
+    let (reader, wanted) = (module.clone(), key.clone());
+    let value = blocking(move || reader.state.value(&wanted))
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found("key_not_found", format!("module {name} has no key {key:?}"))
+                .with("key", key.as_str())
+        })?;
     Ok(Json(json!({ "key": key, "value": state_json(&value) })))
 }
 
-#[derive(Deserialize)]
-pub struct ListStateParams {
-    prefix: Option<String>,
-    from: Option<String>,
-    limit: Option<String>,
-    #[serde(flatten)]
-    consistency: Consistency,
-}
-
-pub async fn state_list(
-    State(app): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<ListStateParams>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Path(name) = path?;
-    let Query(query) = query?;
-    let limit = params::limit(query.limit.as_deref())?;
-    let module = version_caught_up(&app, &name, &query.consistency).await?;
-    require_kind(&module, ModuleKind::Projection)?;
-    let prefix = query.prefix.unwrap_or_default();
-    let (items, next) = module.state.values(&prefix, query.from.as_deref(), limit)?;
-    let items: Vec<Value> = items
-        .iter()
-        .map(|(key, value)| json!({ "key": key, "value": state_json(value) }))
-        .collect();
-    Ok(Json(json!({ "items": items, "next": next })))
-}
-
+/// `from`, `limit` and the consistency options, shared by the paged reads.
 #[derive(Deserialize)]
 pub struct PageParams {
     from: Option<String>,
@@ -218,16 +193,52 @@ pub struct PageParams {
     consistency: Consistency,
 }
 
+/// A paged read of module `name`: the addressed version once caught up, the page size, and
+/// the `from` given (unparsed: each read pages by its own kind of key).
+async fn page_of(
+    app: &AppState,
+    path: Result<Path<String>, PathRejection>,
+    page: &PageParams,
+) -> Result<(String, Arc<DeployedModule>, usize), ApiError> {
+    let Path(name) = path?;
+    let limit = params::limit(page.limit.as_deref())?;
+    let module = version_caught_up(app, &name, &page.consistency).await?;
+    Ok((name, module, limit))
+}
+
+#[derive(Deserialize)]
+pub struct ListStateParams {
+    prefix: Option<String>,
+    #[serde(flatten)]
+    page: PageParams,
+}
+
+pub async fn state_list(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<ListStateParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query?;
+    let (_, module, limit) = page_of(&app, path, &query.page).await?;
+    require_kind(&module, ModuleKind::Projection)?;
+    let (prefix, from) = (query.prefix.unwrap_or_default(), query.page.from);
+    let (items, next) =
+        blocking(move || module.state.values(&prefix, from.as_deref(), limit)).await?;
+    let items: Vec<Value> = items
+        .iter()
+        .map(|(key, value)| json!({ "key": key, "value": state_json(value) }))
+        .collect();
+    Ok(Json(json!({ "items": items, "next": next })))
+}
+
 pub async fn logs(
     State(app): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<PageParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Path(name) = path?;
     let Query(query) = query?;
-    let limit = params::limit(query.limit.as_deref())?;
     let from = params::u64_param("from", query.from.as_deref())?;
-    let module = version_caught_up(&app, &name, &query.consistency).await?;
+    let (name, module, limit) = page_of(&app, path, &query).await?;
     // Without `from`: the most recent lines. With it: the lines numbered from there on.
     let written = module.log.written();
     let from = from.unwrap_or_else(|| written.saturating_sub(limit as u64));
@@ -250,11 +261,9 @@ pub async fn dead_letters(
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<PageParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Path(name) = path?;
     let Query(query) = query?;
     let from = params::u64_param("from", query.from.as_deref())?.unwrap_or(0);
-    let limit = params::limit(query.limit.as_deref())?;
-    let module = version_caught_up(&app, &name, &query.consistency).await?;
-    let (letters, next) = module.state.dead_letters(from, limit)?;
+    let (_, module, limit) = page_of(&app, path, &query).await?;
+    let (letters, next) = blocking(move || module.state.dead_letters(from, limit)).await?;
     Ok(Json(json!({ "dead_letters": letters, "next": next })))
 }

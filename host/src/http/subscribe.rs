@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use super::error::ApiError;
 use super::render::event_json;
-use super::{AppState, params};
+use super::{AppState, blocking, params};
 use crate::store::{
     Direction, EventFilter, EventStore, GlobalPosition, RecordedEvent, StoreError, StreamName,
     StreamRevision,
@@ -206,8 +206,7 @@ pub async fn subscribe_stream(
         Some(last_seen) => {
             let store = app.store.clone();
             let name = stream.clone();
-            tokio::task::spawn_blocking(move || store.stream_revision_after(&name, last_seen))
-                .await??
+            blocking(move || store.stream_revision_after(&name, last_seen)).await?
         }
         None => from.unwrap_or(0),
     };

@@ -202,12 +202,17 @@ impl ModuleRegistry {
             settings,
             paused: false,
         };
+        // Every change is persisted before the version it adds starts running.
+        let module = self.launcher.version(name, &record, compiled)?;
+        let idle = Slot {
+            module: module.clone(),
+            owner: None,
+        };
         let Some(entry) = existing else {
             // A first deploy is current at once.
-            let slot = self.launcher.start(name, &record, compiled, false)?;
-            let module = slot.module.clone();
-            let entry = ModuleEntry::new(slot, activation);
+            let mut entry = ModuleEntry::new(idle, activation);
             self.records.save(&entry.record(name))?;
+            entry.current.owner = Some(self.launcher.own(&module, false)?);
             self.modules.write().insert(name.to_owned(), entry);
             tracing::info!(module = name, %version, "deployed");
             return Ok(Deployed {
@@ -215,21 +220,27 @@ impl ModuleRegistry {
                 changed: true,
             });
         };
+        let mut next = entry.clone();
+        next.activation = activation;
         if entry.current.module.version == version {
             // New settings for the current version: restart it, keeping its state (and
             // leave it paused if an operator paused it).
+            next.current = idle;
+            self.records.save(&next.record(name))?;
             let old = entry.current.clone();
             old.stop();
             old.module.mark_retired();
-            let slot =
-                self.launcher
-                    .start(name, &record, compiled, entry.paused.contains(&version))?;
-            let module = slot.module.clone();
+            let owner = self
+                .launcher
+                .own(&module, entry.paused.contains(&version))?;
+            let slot = Slot {
+                module: module.clone(),
+                owner: Some(owner),
+            };
             self.edit(name, |e| {
                 e.current = slot;
                 e.activation = activation;
             })?;
-            self.persist(name)?;
             return Ok(Deployed {
                 module,
                 changed: true,
@@ -237,6 +248,9 @@ impl ModuleRegistry {
         }
         // A candidate: a new version, or a kept one catching up from its checkpoint. A
         // candidate of the same version stops first: the two would share a state.
+        next.kept.retain(|s| s.module.version != version);
+        next.candidate = Some(idle);
+        self.records.save(&next.record(name))?;
         if let Some(old) = entry
             .candidate
             .as_ref()
@@ -244,14 +258,15 @@ impl ModuleRegistry {
         {
             old.stop();
         }
-        let slot = self.launcher.start(name, &record, compiled, false)?;
-        let module = slot.module.clone();
+        let slot = Slot {
+            module: module.clone(),
+            owner: Some(self.launcher.own(&module, false)?),
+        };
         let (replaced, dropped_kept) = self.edit(name, |e| {
             e.activation = activation;
             let kept = e.kept.iter().position(|s| s.module.version == version);
             (e.candidate.replace(slot), kept.map(|i| e.kept.remove(i)))
         })?;
-        self.persist(name)?;
         if let Some(old) = replaced {
             if old.module.version == version {
                 old.module.mark_retired();
@@ -501,10 +516,10 @@ impl ModuleRegistry {
             .write()
             .remove(name)
             .ok_or_else(|| ModuleError::NotFound(name.to_owned()))?;
-        self.records.remove(name)?;
         for (slot, _) in entry.all() {
             self.retire(slot);
         }
+        self.records.remove(name)?;
         tracing::info!(module = name, "removed");
         Ok(())
     }
