@@ -9,9 +9,9 @@
 //! metrics, memory: used by http and modules
 //! ```
 //!
-//! - [`store`]: storage, and the only layer that names sled. Domain types; [`store::EventLog`]
+//! - [`store`]: storage, and the only layer that knows the storage engine. Domain types; [`store::EventLog`]
 //!   (reading the durable log), [`store::EventStore`] (writing it) and [`store::Keyspaces`]
-//!   (keyed state beside the log); the embedded sled backend with its group-commit writer
+//!   (keyed state beside the log); the embedded backend ([`store::SledStore`]) with its group-commit writer
 //!   and event-id index, and an in-memory backend. Owns durability, and stops acknowledging
 //!   writes after a storage error until it recovers.
 //! - [`engine`]: the WebAssembly runtime: one wasmtime engine, upload checks, the sealed

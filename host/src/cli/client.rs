@@ -1,5 +1,6 @@
 //! Client commands: talk to a running server over HTTP and print its answers (as tables,
-//! or as JSON with `--json`; see [`super::output`]).
+//! or as JSON with `--json`; see [`super::output`]). One short function per command, which
+//! is why the file is long.
 
 use std::io::{BufRead as _, Write as _};
 

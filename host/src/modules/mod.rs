@@ -30,27 +30,9 @@ mod version;
 pub use compare::{Diff, Difference};
 pub use error::ModuleError;
 pub use history::{PastState, Point};
-pub use model::{Counters, Fault, FaultPolicy, ModuleSettings, Progress, Rebuild, Status};
+pub use model::{
+    Counters, Fault, FaultPolicy, ModuleSettings, Progress, Rebuild, Status, validate_name,
+};
 pub use registry::{Activation, Deployed, ModuleRegistry, REPLAY_TTL, Role, VersionView};
 pub use verify::Verification;
 pub use version::{DeployedModule, Identity};
-
-/// Checks a module name: 1–64 of `a-z 0-9 - _`, starting with a letter or digit.
-///
-/// # Errors
-/// A sentence saying what is allowed.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && name.as_bytes()[0].is_ascii_alphanumeric();
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "module name {name:?} is not valid: use 1 to 64 characters of a-z, 0-9, - and _, starting with a letter or digit"
-        ))
-    }
-}

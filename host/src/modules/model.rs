@@ -1,6 +1,6 @@
 //! The vocabulary of deployed modules that the rest of Refold reads: what a module is doing
 //! ([`Status`], [`Progress`], [`Fault`]), how it was deployed ([`ModuleSettings`],
-//! [`FaultPolicy`]) and what it has done ([`Counters`], [`Rebuild`]).
+//! [`FaultPolicy`]), what it has done ([`Counters`], [`Rebuild`]), and what its name may be.
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -159,5 +159,25 @@ impl Rebuild {
                 None
             },
         }
+    }
+}
+
+/// Checks a module name: 1–64 of `a-z 0-9 - _`, starting with a letter or digit.
+///
+/// # Errors
+/// A sentence saying what is allowed.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "module name {name:?} is not valid: use 1 to 64 characters of a-z, 0-9, - and _, starting with a letter or digit"
+        ))
     }
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::model::{Counters, Progress, Rebuild, Status};
+use super::model::{Counters, Fault, ModuleSettings, Progress, Rebuild, Status};
 use super::state::ModuleState;
 use crate::engine::sandbox::GuestLog;
 use crate::engine::{CompiledModule, Guest, ModuleKind, ModuleLimits, WasmEngine};
@@ -37,7 +37,7 @@ pub struct DeployedModule {
     pub kind: ModuleKind,
     pub deployed_at: String,
     pub size_bytes: usize,
-    pub settings: super::ModuleSettings,
+    pub settings: ModuleSettings,
     pub limits: ModuleLimits,
     pub state: ModuleState,
     pub log: GuestLog,
@@ -53,7 +53,7 @@ pub struct DeployedModule {
 impl DeployedModule {
     pub(super) fn new(
         identity: Identity,
-        settings: super::ModuleSettings,
+        settings: ModuleSettings,
         limits: ModuleLimits,
         state: ModuleState,
         code: Code,
@@ -130,7 +130,7 @@ impl DeployedModule {
         self.progress.send_modify(change);
     }
 
-    pub(super) fn set_status(&self, status: Status, fault: Option<super::Fault>) {
+    pub(super) fn set_status(&self, status: Status, fault: Option<Fault>) {
         self.publish(|p| {
             p.status = status;
             p.fault = fault;

@@ -1,5 +1,9 @@
 //! The group-commit writer: the only code that writes the log.
 //!
+//! (Over 500 lines, on purpose: staging an append, staging an import and recovering after a
+//! storage error all change the same in-memory picture of the log's tail, and are kept
+//! beside each other so that their agreement can be checked in one reading.)
+//!
 //! One thread takes every append request queued since its last flush, checks each against
 //! the streams' current revisions (in order, so two racing appends see each other), writes
 //! them all in one atomic sled batch, flushes once, publishes the new durable head, and only
