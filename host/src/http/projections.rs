@@ -112,7 +112,7 @@ impl From<ModuleError> for ApiError {
                 tracing::error!(error = %format!("{err:#}"), "module operation failed");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "storage_failure",
+                    "internal_error",
                     format!("the module operation failed: {err:#}"),
                 )
             }
