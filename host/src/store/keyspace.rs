@@ -35,7 +35,7 @@ pub trait Keyspace: Send + Sync {
     ///
     /// # Errors
     /// Storage failures.
-    fn last_in(&self, from: &[u8], to: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn last_in(&self, from: &[u8], to: &[u8]) -> Result<Option<KeyValue>, StoreError>;
 
     /// Applies every write at once: after a crash, all of them or none are there.
     ///
@@ -57,8 +57,11 @@ pub trait Keyspace: Send + Sync {
     fn flush(&self) -> Result<(), StoreError>;
 }
 
+/// One entry: its key and value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// Entries of a keyspace in key order.
-pub type KeyIter<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + 'a>;
+pub type KeyIter<'a> = Box<dyn Iterator<Item = Result<KeyValue, StoreError>> + 'a>;
 
 /// Writes to apply together: puts and removals, in order.
 #[derive(Debug, Default)]

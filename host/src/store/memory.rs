@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use super::{
     AppendOutcome, BoxFuture, Direction, EventLog, EventRef, EventStore, ExpectedRevision,
-    GlobalPosition, KeyIter, Keyspace, Keyspaces, ProposedEvent, RecordedEvent, StoreError,
-    StreamInfo, StreamListing, StreamName, StreamRevision, StreamSlice, Writes,
+    GlobalPosition, KeyIter, KeyValue, Keyspace, Keyspaces, ProposedEvent, RecordedEvent,
+    StoreError, StreamInfo, StreamListing, StreamName, StreamRevision, StreamSlice, Writes,
 };
 
 #[derive(Default)]
@@ -337,7 +337,7 @@ impl Keyspace for MemoryKeyspace {
         }))
     }
 
-    fn last_in(&self, from: &[u8], to: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last_in(&self, from: &[u8], to: &[u8]) -> Result<Option<KeyValue>, StoreError> {
         Ok(self
             .entries
             .read()

@@ -32,7 +32,7 @@ pub use event::{
     StreamRevision, StreamSlice, category_of,
 };
 pub use faults::InjectedFaults;
-pub use keyspace::{KeyIter, Keyspace, Keyspaces, Writes};
+pub use keyspace::{KeyIter, KeyValue, Keyspace, Keyspaces, Writes};
 pub use memory::{MemoryKeyspaces, MemoryStore};
 pub use sled_store::{SledStore, StoreConfig};
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::sled_batch::KeyBatch;
-use super::{KeyIter, Keyspace, Keyspaces, SledStore, StoreError, Writes};
+use super::{KeyIter, KeyValue, Keyspace, Keyspaces, SledStore, StoreError, Writes};
 
 /// Trees the store itself uses, which no keyspace may open.
 const RESERVED: &[&str] = &["log", "__sled__default"];
@@ -45,7 +45,7 @@ impl Keyspace for SledKeyspace {
         }))
     }
 
-    fn last_in(&self, from: &[u8], to: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last_in(&self, from: &[u8], to: &[u8]) -> Result<Option<KeyValue>, StoreError> {
         match self.0.range(from..=to).next_back() {
             None => Ok(None),
             Some(entry) => {

@@ -206,10 +206,10 @@ impl Runner {
     /// is derived from durable events, so a crash can only cost replay work: it is flushed
     /// when the runner catches up or stops, not per commit.
     pub(super) fn flush(&mut self) {
-        if std::mem::take(&mut self.dirty) {
-            if let Err(err) = self.module.state.flush() {
-                tracing::warn!(module = %self.module.name, %err, "flushing module state failed");
-            }
+        if std::mem::take(&mut self.dirty)
+            && let Err(err) = self.module.state.flush()
+        {
+            tracing::warn!(module = %self.module.name, %err, "flushing module state failed");
         }
     }
 
@@ -219,10 +219,8 @@ impl Runner {
         let rebuilt = self.module.progress().status == Status::Rebuilding;
         self.folder.release_idle_sibling(rebuilt);
         self.publish(Some(Status::Running));
-        if rebuilt {
-            if let Some(then) = self.on_caught_up.as_mut() {
-                then();
-            }
+        if rebuilt && let Some(then) = self.on_caught_up.as_mut() {
+            then();
         }
         self.flush();
         Ok(())

@@ -60,6 +60,9 @@ fn tagged(tag: u8, name: &str) -> Vec<u8> {
     key
 }
 
+/// A page of projection values (key, value) and the key the next page starts at.
+pub type ValuePage = (Vec<(String, Vec<u8>)>, Option<String>);
+
 /// A reducer's state for one stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamState {
@@ -117,7 +120,7 @@ impl ModuleState {
         prefix: &str,
         from: Option<&str>,
         limit: usize,
-    ) -> Result<(Vec<(String, Vec<u8>)>, Option<String>), StoreError> {
+    ) -> Result<ValuePage, StoreError> {
         let start = tagged(KEY_TAG, from.filter(|f| *f > prefix).unwrap_or(prefix));
         let want = tagged(KEY_TAG, prefix);
         let mut items = Vec::new();
