@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use refold::engine::{ModuleLimits, WasmEngine};
-use refold::modules::{Activation, ModuleRegistry, ModuleSettings, Role, Status};
+use refold::modules::{Activation, ModuleRegistry, ModuleSettings, Point, Role, Status};
 use refold::store::{
-    EventLog, EventStore, ExpectedRevision, MemoryKeyspaces, MemoryStore, ProposedEvent, StreamName,
+    Direction, EventLog, EventStore, ExpectedRevision, MemoryKeyspaces, MemoryStore, ProposedEvent,
+    StreamName,
 };
 use serde_json::{Value, json};
 
@@ -368,4 +369,76 @@ fn a_crash_at_any_moment_leaves_state_and_checkpoint_together() {
         "checkpoints only move forward: {checkpoints:?}"
     );
     assert_eq!(checkpoints.last(), Some(&log.head()));
+}
+
+#[test]
+fn past_states_and_replays_fold_the_same_log_through_the_same_code() {
+    let _quiet = crate::QUIET.read();
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(MemoryStore::default());
+    let registry = open(&log, Arc::default(), dir.path());
+    for amount in 1..=2_500i64 {
+        append(
+            &log,
+            "account-1",
+            &[("Deposited", json!({ "amount": amount }))],
+        );
+        append(&log, "account-2", &[("Deposited", json!({ "amount": 1 }))]);
+    }
+    deploy(
+        &registry,
+        "bank",
+        &example("bank-account.wasm"),
+        Activation::Auto,
+    );
+    eventually("the module to catch up", || {
+        caught_up(&registry, "bank", &log)
+    });
+    let stream = StreamName::parse("account-1").unwrap();
+    let balance = |bytes: &[u8]| -> i64 {
+        let state: Value = serde_json::from_slice(bytes).unwrap();
+        state["balance"].as_i64().unwrap()
+    };
+
+    // After revision 1,499: the deposits 1..=1,500, from the snapshot at revision 999 on.
+    let past = registry
+        .stream_state_at("bank", None, &stream, Point::Revision(1_499))
+        .unwrap()
+        .expect("a past state");
+    assert_eq!(past.revision, 1_499);
+    assert_eq!(balance(&past.bytes), 1_500 * 1_501 / 2);
+    assert!(past.replayed <= 1_000, "replayed {}", past.replayed);
+
+    // At the time revision 2,000 was recorded: that revision, or a later one recorded in
+    // the same microsecond.
+    let slice = log
+        .read_stream(&stream, Some(2_000), 1, Direction::Forward)
+        .unwrap()
+        .unwrap();
+    let at = slice.events[0].recorded_at_micros;
+    let past = registry
+        .stream_state_at("bank", None, &stream, Point::At(at))
+        .unwrap()
+        .unwrap();
+    assert!(past.revision >= 2_000);
+    let n = past.revision as i64 + 1;
+    assert_eq!(balance(&past.bytes), n * (n + 1) / 2);
+
+    // A replay up to position 1,000 (500 events of each stream) is a queryable version.
+    let replay = registry.replay("bank", 1_000).unwrap();
+    assert_eq!(replay.progress().checkpoint, 1_000);
+    let found = registry.resolve("bank", Some(&replay.version)).unwrap();
+    let state = found.state.stream_state("account-1").unwrap().unwrap();
+    assert_eq!(
+        (state.revision, balance(&state.bytes)),
+        (499, 500 * 501 / 2)
+    );
+    let roles: Vec<Role> = registry
+        .versions("bank")
+        .unwrap()
+        .iter()
+        .map(|v| v.role)
+        .collect();
+    assert_eq!(roles, [Role::Current, Role::Replay]);
+    registry.shutdown();
 }
