@@ -32,7 +32,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::metrics::Metrics;
 use crate::modules::ModuleRegistry;
-use crate::store::EventStore;
+use crate::store::{EventLog, EventStore};
 use error::ApiError;
 
 /// Size limits on what clients may send.
@@ -83,6 +83,13 @@ where
     E: Into<ApiError> + Send + 'static,
 {
     tokio::task::spawn_blocking(work).await?.map_err(Into::into)
+}
+
+impl AppState {
+    /// The log as readers see it: what every read and subscription depends on.
+    pub fn log(&self) -> Arc<dyn EventLog> {
+        self.store.clone()
+    }
 }
 
 /// The whole API, built from [`routes::table`].

@@ -347,7 +347,7 @@ pub async fn replay(
     let raw = query.to.ok_or_else(|| {
         ApiError::invalid_query("to is required: a log position or an RFC 3339 time")
     })?;
-    let store = app.store.clone();
+    let store = app.log();
     let to = match raw.parse::<u64>() {
         Ok(position) => position,
         Err(_) => {

@@ -22,7 +22,7 @@ use super::error::ApiError;
 use super::render::event_json;
 use super::{AppState, blocking, params};
 use crate::store::{
-    Direction, EventFilter, EventStore, GlobalPosition, RecordedEvent, StoreError, StreamName,
+    Direction, EventFilter, EventLog, GlobalPosition, RecordedEvent, StoreError, StreamName,
     StreamRevision,
 };
 
@@ -45,7 +45,7 @@ impl Cursor {
     /// Reads the next page; `true` when it reached the end of what is durable.
     fn read_page(
         &mut self,
-        store: &dyn EventStore,
+        store: &dyn EventLog,
     ) -> Result<(Vec<RecordedEvent>, bool), StoreError> {
         match self {
             Cursor::All { next, filter } => {
@@ -69,7 +69,7 @@ impl Cursor {
 }
 
 struct Subscription {
-    store: Arc<dyn EventStore>,
+    store: Arc<dyn EventLog>,
     cursor: Option<Cursor>,
     head: watch::Receiver<GlobalPosition>,
     /// The head at which the cursor last found nothing more to read.
@@ -133,7 +133,7 @@ fn into_sse(
     cursor: Cursor,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<>> {
     let subscription = Subscription {
-        store: app.store.clone(),
+        store: app.log(),
         cursor: Some(cursor),
         head: app.store.watch_head(),
         caught_up_at: None,
@@ -204,7 +204,7 @@ pub async fn subscribe_stream(
     let from = params::u64_param("from", query.from.as_deref())?;
     let next = match resume_after(&headers)? {
         Some(last_seen) => {
-            let store = app.store.clone();
+            let store = app.log();
             let name = stream.clone();
             blocking(move || store.stream_revision_after(&name, last_seen)).await?
         }
