@@ -46,8 +46,11 @@ fn append(log: &MemoryStore, stream: &str, events: &[(&str, Value)]) {
         .expect("the append");
 }
 
-/// Deposits of 1..=n cents spread over `accounts` accounts; the balances they make.
-fn deposits(log: &MemoryStore, n: u64, accounts: u64, model: &mut BTreeMap<String, (i64, u64)>) {
+/// Balance and transactions per account, as bank-account should fold them.
+type Model = BTreeMap<String, (i64, u64)>;
+
+/// Deposits of 1..=n cents spread over `accounts` accounts, added to `model`.
+fn deposits(log: &MemoryStore, n: u64, accounts: u64, model: &mut Model) {
     for i in 1..=n {
         let stream = format!("account-{}", i % accounts);
         append(log, &stream, &[("Deposited", json!({ "amount": i }))]);
@@ -66,14 +69,14 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-fn caught_up(registry: &ModuleRegistry, name: &str, log: &MemoryStore) -> bool {
-    let progress = registry.resolve(name, None).expect("deployed").progress();
+fn caught_up(registry: &ModuleRegistry, log: &MemoryStore) -> bool {
+    let progress = registry.resolve("bank", None).expect("deployed").progress();
     progress.status == Status::Running && progress.checkpoint == log.head()
 }
 
-/// Every account's state in the current version equals the model.
-fn assert_balances(registry: &ModuleRegistry, name: &str, model: &BTreeMap<String, (i64, u64)>) {
-    let module = registry.resolve(name, None).expect("deployed");
+/// Every account's state in module `bank`'s current version equals `model`.
+fn assert_balances(registry: &ModuleRegistry, model: &Model) {
+    let module = registry.resolve("bank", None).expect("deployed");
     for (stream, (balance, transactions)) in model {
         let state = module
             .state
@@ -81,57 +84,95 @@ fn assert_balances(registry: &ModuleRegistry, name: &str, model: &BTreeMap<Strin
             .expect("a read")
             .unwrap_or_else(|| panic!("{stream} has a state"));
         let state: Value = serde_json::from_slice(&state.bytes).expect("JSON state");
-        assert_eq!(state["balance"], json!(balance), "{stream}: {state}");
-        assert_eq!(
-            state["transactions"],
-            json!(transactions),
-            "{stream}: {state}"
-        );
+        let folded = (&state["balance"], &state["transactions"]);
+        assert_eq!(folded, (&json!(balance), &json!(transactions)), "{stream}");
     }
 }
 
-fn deploy(registry: &ModuleRegistry, name: &str, bytes: &[u8], activation: Activation) -> String {
-    registry
-        .deploy(name, bytes, ModuleSettings::default(), activation)
-        .expect("the deploy")
-        .module
-        .version
-        .clone()
+/// A registry over an in-memory log and keyspaces, in a folder of its own, with the model
+/// of what it was given; it holds [`crate::QUIET`] for reading.
+struct Fixture {
+    _quiet: std::sync::RwLockReadGuard<'static, ()>,
+    dir: tempfile::TempDir,
+    log: Arc<MemoryStore>,
+    spaces: Arc<MemoryKeyspaces>,
+    registry: Arc<ModuleRegistry>,
+    model: Model,
+}
+
+impl Fixture {
+    /// A registry with `n` deposits over `accounts` accounts in its log.
+    fn with_deposits(n: u64, accounts: u64) -> Self {
+        let quiet = crate::QUIET.read().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(MemoryStore::default());
+        let spaces = Arc::new(MemoryKeyspaces::default());
+        let registry = open(&log, spaces.clone(), dir.path());
+        let mut model = Model::new();
+        deposits(&log, n, accounts, &mut model);
+        Self {
+            _quiet: quiet,
+            dir,
+            log,
+            spaces,
+            registry,
+            model,
+        }
+    }
+
+    fn deposit(&mut self, n: u64, accounts: u64) {
+        deposits(&self.log, n, accounts, &mut self.model);
+    }
+
+    /// Deploys `bytes` as `bank`; its version.
+    fn deploy(&self, bytes: &[u8], activation: Activation) -> String {
+        self.registry
+            .deploy("bank", bytes, ModuleSettings::default(), activation)
+            .expect("the deploy")
+            .module
+            .version
+            .clone()
+    }
+
+    fn deploy_bank(&self) -> String {
+        self.deploy(&example("bank-account.wasm"), Activation::Auto)
+    }
+
+    fn wait_caught_up(&self) {
+        eventually("module bank to catch up", || {
+            caught_up(&self.registry, &self.log)
+        });
+    }
+
+    fn assert_balances(&self) {
+        assert_balances(&self.registry, &self.model);
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.registry.shutdown();
+    }
 }
 
 #[test]
 fn a_new_version_rebuilds_beside_the_current_one_and_takes_over_once_caught_up() {
-    let _quiet = crate::QUIET.read();
-    let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(MemoryStore::default());
-    let registry = open(&log, Arc::default(), dir.path());
-    let mut model = BTreeMap::new();
-    deposits(&log, 3_000, 30, &mut model);
-    let first = deploy(
-        &registry,
-        "bank",
-        &example("bank-account.wasm"),
-        Activation::Auto,
-    );
-    eventually("the first version to catch up", || {
-        caught_up(&registry, "bank", &log)
-    });
-    assert_balances(&registry, "bank", &model);
+    let mut bank = Fixture::with_deposits(3_000, 30);
+    let registry = bank.registry.clone();
+    let first = bank.deploy_bank();
+    bank.wait_caught_up();
+    bank.assert_balances();
 
     // A second version (other bytes): a candidate until it has caught up, then current;
     // the first is kept, with its code, for a rollback.
-    let second = deploy(
-        &registry,
-        "bank",
-        &test_guest("bank-account-fee"),
-        Activation::Auto,
-    );
+    let second = bank.deploy(&test_guest("bank-account-fee"), Activation::Auto);
     assert_ne!(first, second);
     eventually("the second version to become current", || {
         registry.resolve("bank", None).unwrap().version == second
     });
-    let versions = registry.versions("bank").unwrap();
-    let roles: Vec<(String, Role)> = versions
+    let roles: Vec<(String, Role)> = registry
+        .versions("bank")
+        .unwrap()
         .iter()
         .map(|v| (v.module.version.clone(), v.role))
         .collect();
@@ -142,24 +183,17 @@ fn a_new_version_rebuilds_beside_the_current_one_and_takes_over_once_caught_up()
     assert!(registry.keeps_code_of(&first));
 
     // Rolling back makes the kept version current again, without a rebuild from 0.
-    deposits(&log, 100, 30, &mut model);
+    bank.deposit(100, 30);
     registry.activate("bank", &first).expect("the rollback");
-    eventually("the rolled-back version to catch up", || {
-        caught_up(&registry, "bank", &log)
-    });
-    assert_balances(&registry, "bank", &model);
+    bank.wait_caught_up();
+    bank.assert_balances();
 
-    // A candidate replaced by another before it became current is dropped with its code.
-    let third = deploy(
-        &registry,
-        "bank",
-        &test_guest("bank-account-fee"),
-        Activation::Manual,
-    );
-    assert_eq!(third, second, "the fee version again, now a candidate");
+    // A candidate replaced by another before it became current is dropped, state and code.
+    let third = bank.deploy(&test_guest("bank-account-fee"), Activation::Manual);
+    assert_eq!(third, second, "the kept fee version, now a candidate again");
     let mut other = example("bank-account.wasm");
     other.extend_from_slice(&[0, 6, 4, b'n', b'o', b't', b'e', 1]); // a custom section
-    let fourth = deploy(&registry, "bank", &other, Activation::Manual);
+    let fourth = bank.deploy(&other, Activation::Manual);
     let candidate = registry
         .versions("bank")
         .unwrap()
@@ -173,64 +207,41 @@ fn a_new_version_rebuilds_beside_the_current_one_and_takes_over_once_caught_up()
         "the replaced candidate's code is gone"
     );
     assert!(registry.keeps_code_of(&first) && registry.keeps_code_of(&fourth));
-    registry.shutdown();
 }
 
 #[test]
 fn a_reset_during_a_rebuild_starts_over_and_ends_equal_to_the_log() {
-    let _quiet = crate::QUIET.read();
-    let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(MemoryStore::default());
-    let registry = open(&log, Arc::default(), dir.path());
-    let mut model = BTreeMap::new();
-    deposits(&log, 200_000, 1_000, &mut model);
-    deploy(
-        &registry,
-        "bank",
-        &example("bank-account.wasm"),
-        Activation::Auto,
-    );
+    let bank = Fixture::with_deposits(200_000, 1_000);
+    bank.deploy_bank();
     eventually("the rebuild to be under way", || {
-        registry
+        bank.registry
             .resolve("bank", None)
             .unwrap()
             .progress()
             .checkpoint
             > 0
     });
-    let module = registry.reset("bank").expect("the reset");
+    let module = bank.registry.reset("bank").expect("the reset");
     assert!(
-        module.progress().checkpoint < log.head(),
+        module.progress().checkpoint < bank.log.head(),
         "the reset took effect before the rebuild ended"
     );
-    eventually("the reset version to catch up", || {
-        caught_up(&registry, "bank", &log)
-    });
-    assert_balances(&registry, "bank", &model);
-    registry.shutdown();
+    bank.wait_caught_up();
+    bank.assert_balances();
 }
 
 #[test]
 fn skip_steps_over_the_failing_event_and_pause_stops_until_resumed() {
-    let _quiet = crate::QUIET.read();
-    let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(MemoryStore::default());
-    let registry = open(&log, Arc::default(), dir.path());
-    let mut model = BTreeMap::new();
-    deposits(&log, 100, 10, &mut model);
+    let mut bank = Fixture::with_deposits(100, 10);
+    let registry = bank.registry.clone();
     append(
-        &log,
+        &bank.log,
         "account-3",
         &[("Deposited", json!({ "amount": "ten" }))],
     );
-    let bad = log.head() - 1;
-    deposits(&log, 100, 10, &mut model);
-    deploy(
-        &registry,
-        "bank",
-        &example("bank-account.wasm"),
-        Activation::Auto,
-    );
+    let bad = bank.log.head() - 1;
+    bank.deposit(100, 10);
+    bank.deploy_bank();
     eventually("the fault", || {
         registry.resolve("bank", None).unwrap().progress().status == Status::Faulted
     });
@@ -242,10 +253,8 @@ fn skip_steps_over_the_failing_event_and_pause_stops_until_resumed() {
     assert_eq!(progress.fault.unwrap().position, Some(bad));
 
     registry.skip("bank").expect("the skip");
-    eventually("the module to catch up", || {
-        caught_up(&registry, "bank", &log)
-    });
-    assert_balances(&registry, "bank", &model);
+    bank.wait_caught_up();
+    bank.assert_balances();
     let module = registry.resolve("bank", None).unwrap();
     let (letters, _) = module.state.dead_letters(0, 10).unwrap();
     assert_eq!(letters.len(), 1);
@@ -262,104 +271,74 @@ fn skip_steps_over_the_failing_event_and_pause_stops_until_resumed() {
     // Paused, it processes nothing; resumed, it catches up; verify matches either way.
     registry.pause("bank").expect("the pause");
     let paused_at = module.progress().checkpoint;
-    deposits(&log, 50, 10, &mut model);
+    bank.deposit(50, 10);
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(module.progress().status, Status::Paused);
     assert_eq!(module.progress().checkpoint, paused_at);
     let verification = registry.verify("bank").expect("verify while paused");
     assert!(verification.matches, "{verification:?}");
     registry.resume("bank").expect("the resume");
-    eventually("the module to catch up", || {
-        caught_up(&registry, "bank", &log)
-    });
-    assert_balances(&registry, "bank", &model);
+    bank.wait_caught_up();
+    bank.assert_balances();
     let verification = registry.verify("bank").expect("verify while running");
     assert!(verification.matches, "{verification:?}");
-    assert_eq!(verification.position, log.head());
-    registry.shutdown();
+    assert_eq!(verification.position, bank.log.head());
 }
 
 #[test]
 fn verify_runs_beside_appends_and_matches_a_module_that_keeps_up() {
-    let _quiet = crate::QUIET.read();
-    let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(MemoryStore::default());
-    let registry = open(&log, Arc::default(), dir.path());
-    let mut model = BTreeMap::new();
-    deposits(&log, 50_000, 500, &mut model);
-    deploy(
-        &registry,
-        "bank",
-        &example("bank-account.wasm"),
-        Activation::Auto,
-    );
-    eventually("the module to catch up", || {
-        caught_up(&registry, "bank", &log)
-    });
+    let mut bank = Fixture::with_deposits(50_000, 500);
+    bank.deploy_bank();
+    bank.wait_caught_up();
     let writer = {
-        let log = log.clone();
+        let log = bank.log.clone();
         std::thread::spawn(move || {
-            let mut model = BTreeMap::new();
+            let mut model = Model::new();
             deposits(&log, 20_000, 500, &mut model);
             model
         })
     };
-    let verification = registry.verify("bank").expect("verify");
+    let verification = bank.registry.verify("bank").expect("verify");
     assert!(verification.matches, "{verification:?}");
     assert!(verification.position >= 50_000);
     for (stream, (balance, count)) in writer.join().unwrap() {
-        let entry = model.entry(stream).or_default();
+        let entry = bank.model.entry(stream).or_default();
         entry.0 += balance;
         entry.1 += count;
     }
-    eventually("the module to catch up", || {
-        caught_up(&registry, "bank", &log)
-    });
-    assert_balances(&registry, "bank", &model);
-    registry.shutdown();
+    bank.wait_caught_up();
+    bank.assert_balances();
 }
 
 #[test]
 fn a_crash_at_any_moment_leaves_state_and_checkpoint_together() {
-    let _quiet = crate::QUIET.read();
-    let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(MemoryStore::default());
-    let spaces = Arc::new(MemoryKeyspaces::default());
-    let registry = open(&log, spaces.clone(), dir.path());
-    let mut model = BTreeMap::new();
-    deposits(&log, 100_000, 2_000, &mut model);
-    deploy(
-        &registry,
-        "bank",
-        &example("bank-account.wasm"),
-        Activation::Auto,
-    );
+    let bank = Fixture::with_deposits(100_000, 2_000);
+    bank.deploy_bank();
     // What a process that died at five moments of the rebuild (and once caught up) would
     // have left: each, reopened, must end equal to the log, with nothing applied twice.
     let mut crashes = Vec::new();
     for _ in 0..5 {
         std::thread::sleep(Duration::from_millis(40));
-        crashes.push(spaces.snapshot());
+        crashes.push(bank.spaces.snapshot());
     }
-    eventually("the module to catch up", || {
-        caught_up(&registry, "bank", &log)
-    });
-    crashes.push(spaces.snapshot());
-    registry.shutdown();
+    bank.wait_caught_up();
+    crashes.push(bank.spaces.snapshot());
+    bank.registry.shutdown();
     let checkpoints: Vec<u64> = crashes
         .into_iter()
         .enumerate()
         .map(|(i, crashed)| {
-            let reopened = open(&log, Arc::new(crashed), &dir.path().join(i.to_string()));
+            let folder = bank.dir.path().join(i.to_string());
+            let reopened = open(&bank.log, Arc::new(crashed), &folder);
             let from = reopened
                 .resolve("bank", None)
                 .unwrap()
                 .progress()
                 .checkpoint;
             eventually("the reopened module to catch up", || {
-                caught_up(&reopened, "bank", &log)
+                caught_up(&reopened, &bank.log)
             });
-            assert_balances(&reopened, "bank", &model);
+            assert_balances(&reopened, &bank.model);
             reopened.shutdown();
             from
         })
@@ -368,32 +347,27 @@ fn a_crash_at_any_moment_leaves_state_and_checkpoint_together() {
         checkpoints.windows(2).all(|w| w[0] <= w[1]),
         "checkpoints only move forward: {checkpoints:?}"
     );
-    assert_eq!(checkpoints.last(), Some(&log.head()));
+    assert_eq!(checkpoints.last(), Some(&bank.log.head()));
 }
 
 #[test]
 fn past_states_and_replays_fold_the_same_log_through_the_same_code() {
-    let _quiet = crate::QUIET.read();
-    let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(MemoryStore::default());
-    let registry = open(&log, Arc::default(), dir.path());
+    let bank = Fixture::with_deposits(0, 1);
+    let registry = bank.registry.clone();
     for amount in 1..=2_500i64 {
         append(
-            &log,
+            &bank.log,
             "account-1",
             &[("Deposited", json!({ "amount": amount }))],
         );
-        append(&log, "account-2", &[("Deposited", json!({ "amount": 1 }))]);
+        append(
+            &bank.log,
+            "account-2",
+            &[("Deposited", json!({ "amount": 1 }))],
+        );
     }
-    deploy(
-        &registry,
-        "bank",
-        &example("bank-account.wasm"),
-        Activation::Auto,
-    );
-    eventually("the module to catch up", || {
-        caught_up(&registry, "bank", &log)
-    });
+    bank.deploy_bank();
+    bank.wait_caught_up();
     let stream = StreamName::parse("account-1").unwrap();
     let balance = |bytes: &[u8]| -> i64 {
         let state: Value = serde_json::from_slice(bytes).unwrap();
@@ -411,7 +385,8 @@ fn past_states_and_replays_fold_the_same_log_through_the_same_code() {
 
     // At the time revision 2,000 was recorded: that revision, or a later one recorded in
     // the same microsecond.
-    let slice = log
+    let slice = bank
+        .log
         .read_stream(&stream, Some(2_000), 1, Direction::Forward)
         .unwrap()
         .unwrap();
@@ -440,5 +415,4 @@ fn past_states_and_replays_fold_the_same_log_through_the_same_code() {
         .map(|v| v.role)
         .collect();
     assert_eq!(roles, [Role::Current, Role::Replay]);
-    registry.shutdown();
 }
