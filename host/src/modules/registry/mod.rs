@@ -450,9 +450,14 @@ impl ModuleRegistry {
             return Err(err);
         }
         replay.set_status(Status::Running, None);
-        self.edit(name, |e| {
-            e.replays.push((slot, Instant::now() + REPLAY_TTL))
-        })?;
+        let listed = self.edit(name, |e| {
+            e.replays.push((slot.clone(), Instant::now() + REPLAY_TTL));
+        });
+        if let Err(err) = listed {
+            // The module was removed meanwhile: so is its replay.
+            self.retire(&slot);
+            return Err(err);
+        }
         Ok(replay)
     }
 
