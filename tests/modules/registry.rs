@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use refold::engine::{ModuleLimits, WasmEngine};
 use refold::modules::{Activation, ModuleRegistry, ModuleSettings, Point, Role, Status};
 use refold::store::{
-    Direction, EventLog, EventStore, ExpectedRevision, MemoryKeyspaces, MemoryStore, ProposedEvent,
-    StreamName,
+    EventLog, EventStore, ExpectedRevision, MemoryKeyspaces, MemoryStore, ProposedEvent,
+    StreamName, StreamRead,
 };
 use serde_json::{Value, json};
 
@@ -387,7 +387,7 @@ fn past_states_and_replays_fold_the_same_log_through_the_same_code() {
     // the same microsecond.
     let slice = bank
         .log
-        .read_stream(&stream, Some(2_000), 1, Direction::Forward)
+        .read_stream(&stream, StreamRead::forward(Some(2_000), 1))
         .unwrap()
         .unwrap();
     let at = slice.events[0].recorded_at_micros;

@@ -40,9 +40,7 @@ pub async fn run() {
         store
             .read_stream(
                 &stream,
-                Some(revision),
-                1,
-                refold::store::Direction::Forward,
+                refold::store::StreamRead::forward(Some(revision), 1),
             )
             .expect("read")
             .and_then(|s| s.events.first().map(|e| e.recorded_at_micros))

@@ -156,7 +156,7 @@ fn native_bank_fold(store: &SledStore, state: &ModuleState) -> u64 {
     let head = store.head();
     while next < head {
         next = store
-            .scan(next, head, &mut |e| {
+            .scan(next..head, &mut |e| {
                 if !e.stream.starts_with("account-") {
                     return true;
                 }

@@ -42,19 +42,23 @@ pub trait StateStore: Send + std::any::Any {
     /// # Errors
     /// As for `get`.
     fn delete(&mut self, key: String) -> Result<(), String>;
-    /// Up to `limit` entries under `prefix` after `start_after`, in key order.
+    /// The entries `scan` asks for, in key order.
     ///
     /// # Errors
-    /// As for `get`; also when the entries would add up to more than `max_bytes` (keys and
-    /// values): the call is refused rather than cut short, since a guest takes a page
+    /// As for `get`; also when the entries would add up to more than `scan.max_bytes` (keys
+    /// and values): the call is refused rather than cut short, since a guest takes a page
     /// shorter than `limit` for the end.
-    fn scan(
-        &mut self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, String>;
+    fn scan(&mut self, scan: Scan<'_>) -> Result<Vec<(String, Vec<u8>)>, String>;
+}
+
+/// One state-store scan: up to `limit` entries under `prefix` after `start_after`, holding
+/// at most `max_bytes` (keys and values).
+#[derive(Clone, Copy, Debug)]
+pub struct Scan<'a> {
+    pub prefix: &'a str,
+    pub start_after: Option<&'a str>,
+    pub limit: usize,
+    pub max_bytes: usize,
 }
 
 /// What a guest's wasmtime store holds.

@@ -3,7 +3,7 @@
 
 use super::ENTRY_OVERHEAD_BYTES;
 use super::bindings::{self, state_store};
-use super::sandbox::{GuestState, StateStore};
+use super::sandbox::{GuestState, Scan, StateStore};
 
 impl bindings::reducer::refold::projection::types::Host for GuestState {}
 
@@ -78,7 +78,12 @@ impl state_store::Host for GuestState {
     ) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
         let max_bytes = self.max_scan_bytes;
         self.with_state_store(|s| {
-            s.scan(&prefix, start_after.as_deref(), limit as usize, max_bytes)
+            s.scan(Scan {
+                prefix: &prefix,
+                start_after: start_after.as_deref(),
+                limit: limit as usize,
+                max_bytes,
+            })
         })
     }
 }

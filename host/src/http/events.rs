@@ -18,7 +18,7 @@ use super::body::read_limited;
 use super::error::ApiError;
 use super::render::push_event_list;
 use super::{AppState, Limits, blocking, params};
-use crate::store::{ExpectedRevision, ProposedEvent};
+use crate::store::{ExpectedRevision, ListStreams, ProposedEvent, StreamRead};
 
 /// The fields an event may have.
 const EVENT_FIELDS: [&str; 4] = ["type", "data", "metadata", "id"];
@@ -235,7 +235,12 @@ pub async fn read_stream(
     let direction = params::direction(query.direction.as_deref())?;
     let store = app.log();
     let name = stream.clone();
-    let slice = blocking(move || store.read_stream(&name, from, limit, direction))
+    let read = StreamRead {
+        from,
+        limit,
+        direction,
+    };
+    let slice = blocking(move || store.read_stream(&name, read))
         .await?
         .ok_or_else(|| {
             ApiError::not_found("stream_not_found", format!("stream {stream} has no events"))
@@ -297,7 +302,14 @@ pub async fn list_streams(
     let prefix = query.prefix.unwrap_or_default();
     let after = query.after;
     let store = app.log();
-    let listing = blocking(move || store.list_streams(&prefix, after.as_deref(), limit)).await?;
+    let listing = blocking(move || {
+        store.list_streams(ListStreams {
+            prefix: &prefix,
+            after: after.as_deref(),
+            limit,
+        })
+    })
+    .await?;
     let streams: Vec<_> = listing
         .streams
         .iter()

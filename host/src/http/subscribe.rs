@@ -22,7 +22,7 @@ use super::error::ApiError;
 use super::render::event_json;
 use super::{AppState, blocking, params};
 use crate::store::{
-    Direction, EventFilter, EventLog, GlobalPosition, RecordedEvent, StoreError, StreamName,
+    EventFilter, EventLog, GlobalPosition, RecordedEvent, StoreError, StreamName, StreamRead,
     StreamRevision,
 };
 
@@ -54,7 +54,7 @@ impl Cursor {
                 Ok((slice.events, slice.reached_head))
             }
             Cursor::Stream { stream, next } => {
-                match store.read_stream(stream, Some(*next), PAGE, Direction::Forward)? {
+                match store.read_stream(stream, StreamRead::forward(Some(*next), PAGE))? {
                     None => Ok((Vec::new(), true)),
                     Some(slice) => {
                         if let Some(last) = slice.events.last() {

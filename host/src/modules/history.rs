@@ -8,7 +8,7 @@ use super::runner::{to_guest_event, wanted_by};
 use super::version::DeployedModule;
 use crate::engine::bindings::StreamBatch;
 use crate::engine::{GuestError, GuestErrorKind, ModuleKind};
-use crate::store::{Direction, EventLog, StoreError, StreamName, StreamRevision, first_where};
+use crate::store::{EventLog, StoreError, StreamName, StreamRead, StreamRevision, first_where};
 
 /// A point in a stream's history.
 #[derive(Clone, Copy, Debug)]
@@ -54,7 +54,7 @@ fn revision_at(
     point: Point,
 ) -> Result<Option<StreamRevision>, ModuleError> {
     let last = log
-        .read_stream(stream, None, 1, Direction::Backward)?
+        .read_stream(stream, StreamRead::backward(None, 1))?
         .and_then(|slice| slice.events.first().map(|e| e.revision));
     let Some(last) = last else { return Ok(None) };
     match point {
@@ -62,7 +62,7 @@ fn revision_at(
         Point::At(micros) => {
             let after = first_where(0, last + 1, |revision| {
                 let recorded = log
-                    .read_stream(stream, Some(revision), 1, Direction::Forward)?
+                    .read_stream(stream, StreamRead::forward(Some(revision), 1))?
                     .and_then(|s| s.events.first().map(|e| e.recorded_at_micros))
                     .ok_or_else(|| failed("reading the stream", "a revision vanished"))?;
                 Ok::<_, ModuleError>(recorded > micros)
@@ -105,7 +105,7 @@ pub(super) fn stream_state_at(
     let filter = wanted_by(&mut guest).map_err(|e| guest_failed(stream, "filter", e))?;
     while from <= target {
         let limit = PAGE.min((target - from + 1) as usize);
-        let Some(slice) = log.read_stream(stream, Some(from), limit, Direction::Forward)? else {
+        let Some(slice) = log.read_stream(stream, StreamRead::forward(Some(from), limit))? else {
             break;
         };
         let Some(last) = slice.events.last().map(|e| e.revision) else {

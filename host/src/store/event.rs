@@ -212,6 +212,42 @@ pub enum Direction {
     Backward,
 }
 
+/// What part of a stream a read wants: from which revision (default: the first going
+/// forward, the last going backward), how many events, and which way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamRead {
+    pub from: Option<StreamRevision>,
+    pub limit: usize,
+    pub direction: Direction,
+}
+
+impl StreamRead {
+    pub fn forward(from: Option<StreamRevision>, limit: usize) -> Self {
+        Self {
+            from,
+            limit,
+            direction: Direction::Forward,
+        }
+    }
+
+    pub fn backward(from: Option<StreamRevision>, limit: usize) -> Self {
+        Self {
+            from,
+            limit,
+            direction: Direction::Backward,
+        }
+    }
+}
+
+/// A page of the stream listing: names starting with `prefix`, after `after`, at most
+/// `limit`.
+#[derive(Clone, Copy, Debug)]
+pub struct ListStreams<'a> {
+    pub prefix: &'a str,
+    pub after: Option<&'a str>,
+    pub limit: usize,
+}
+
 /// A page of one stream.
 #[derive(Debug)]
 pub struct StreamSlice {

@@ -4,7 +4,7 @@
 //! the committed state as a crash would leave it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::Bound;
+use std::ops::{Bound, Range};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -12,9 +12,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{
-    AppendOutcome, BoxFuture, Direction, EventLog, EventRef, EventStore, ExpectedRevision,
-    GlobalPosition, KeyIter, KeyValue, Keyspace, Keyspaces, ProposedEvent, RecordedEvent,
-    StoreError, StreamInfo, StreamListing, StreamName, StreamRevision, StreamSlice, Writes,
+    AppendOutcome, BoxFuture, Direction, EventLog, EventStore, ExpectedRevision, GlobalPosition,
+    KeyIter, KeyValue, Keyspace, Keyspaces, ListStreams, ProposedEvent, RecordedEvent, StoreError,
+    StreamInfo, StreamListing, StreamName, StreamRead, StreamRevision, StreamSlice, Visit, Writes,
 };
 
 #[derive(Default)]
@@ -111,22 +111,13 @@ impl MemoryStore {
 }
 
 impl EventLog for MemoryStore {
-    fn head(&self) -> GlobalPosition {
-        *self.head.borrow()
-    }
-
-    fn watch_head(&self) -> watch::Receiver<GlobalPosition> {
-        self.head.subscribe()
-    }
-
     fn scan(
         &self,
-        from: GlobalPosition,
-        until: GlobalPosition,
-        visit: &mut dyn FnMut(EventRef<'_>) -> bool,
+        range: Range<GlobalPosition>,
+        visit: &mut Visit<'_>,
     ) -> Result<GlobalPosition, StoreError> {
         let log = self.log.read();
-        let until = until.min(log.events.len() as u64);
+        let (from, until) = (range.start, range.end.min(log.events.len() as u64));
         let mut next = from;
         while next < until {
             let more = visit(log.events[next as usize].as_ref());
@@ -138,13 +129,24 @@ impl EventLog for MemoryStore {
         Ok(next.max(from))
     }
 
+    fn head(&self) -> GlobalPosition {
+        *self.head.borrow()
+    }
+
+    fn watch_head(&self) -> watch::Receiver<GlobalPosition> {
+        self.head.subscribe()
+    }
+
     fn read_stream(
         &self,
         stream: &StreamName,
-        from: Option<StreamRevision>,
-        limit: usize,
-        direction: Direction,
+        read: StreamRead,
     ) -> Result<Option<StreamSlice>, StoreError> {
+        let StreamRead {
+            from,
+            limit,
+            direction,
+        } = read;
         let log = self.log.read();
         let Some(positions) = log.streams.get(stream.as_str()) else {
             return Ok(None);
@@ -179,12 +181,12 @@ impl EventLog for MemoryStore {
         Ok(positions.partition_point(|&p| p <= position) as u64)
     }
 
-    fn list_streams(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<StreamListing, StoreError> {
+    fn list_streams(&self, query: ListStreams<'_>) -> Result<StreamListing, StoreError> {
+        let ListStreams {
+            prefix,
+            after,
+            limit,
+        } = query;
         let log = self.log.read();
         let start = match after {
             Some(after) => Bound::Excluded(after),

@@ -21,15 +21,16 @@ mod sled_store;
 mod writer;
 
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 
 use tokio::sync::watch;
 
 use event::describe_current;
 pub use event::{
-    AppendOutcome, Direction, EventFilter, EventRef, ExpectedRevision, GlobalPosition, LogSlice,
-    MAX_STREAM_NAME_BYTES, ProposedEvent, RecordedEvent, StreamInfo, StreamListing, StreamName,
-    StreamRevision, StreamSlice, category_of,
+    AppendOutcome, Direction, EventFilter, EventRef, ExpectedRevision, GlobalPosition, ListStreams,
+    LogSlice, MAX_STREAM_NAME_BYTES, ProposedEvent, RecordedEvent, StreamInfo, StreamListing,
+    StreamName, StreamRead, StreamRevision, StreamSlice, category_of,
 };
 pub use faults::InjectedFaults;
 pub use keyspace::{KeyIter, KeyValue, Keyspace, Keyspaces, Writes};
@@ -85,6 +86,9 @@ pub fn first_where<E>(
     Ok(low)
 }
 
+/// What a scan calls with each event, until it returns `false`.
+pub type Visit<'a> = dyn FnMut(EventRef<'_>) -> bool + 'a;
+
 /// A boxed future, so the trait stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -98,31 +102,27 @@ pub trait EventLog: Send + Sync + 'static {
     /// A receiver that changes whenever the head moves.
     fn watch_head(&self) -> watch::Receiver<GlobalPosition>;
 
-    /// Visits durable events from `from` (inclusive) up to `until` (exclusive), in position
-    /// order and without copying them, until `visit` returns `false`. Returns the position
-    /// after the last event visited (`from` if none was).
+    /// Visits the durable events of `range`, in position order and without copying them,
+    /// until `visit` returns `false`. Returns the position after the last event visited
+    /// (the range's start if none was).
     ///
     /// # Errors
     /// Storage failures.
     fn scan(
         &self,
-        from: GlobalPosition,
-        until: GlobalPosition,
-        visit: &mut dyn FnMut(EventRef<'_>) -> bool,
+        range: Range<GlobalPosition>,
+        visit: &mut Visit<'_>,
     ) -> Result<GlobalPosition, StoreError>;
 
-    /// Reads up to `limit` events of `stream` starting at `from` (inclusive; default: the
-    /// first event going forward, the last going backward). `None` if the stream has no
-    /// durable events.
+    /// Reads the part of `stream` that `read` asks for. `None` if the stream has no durable
+    /// events.
     ///
     /// # Errors
     /// Storage failures.
     fn read_stream(
         &self,
         stream: &StreamName,
-        from: Option<StreamRevision>,
-        limit: usize,
-        direction: Direction,
+        read: StreamRead,
     ) -> Result<Option<StreamSlice>, StoreError>;
 
     /// The revision of the first event of `stream` whose position is above `position`.
@@ -135,16 +135,11 @@ pub trait EventLog: Send + Sync + 'static {
         position: GlobalPosition,
     ) -> Result<StreamRevision, StoreError>;
 
-    /// Lists streams in name order whose names start with `prefix`, after `after`.
+    /// Lists streams in name order, the page `query` asks for.
     ///
     /// # Errors
     /// Storage failures.
-    fn list_streams(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<StreamListing, StoreError>;
+    fn list_streams(&self, query: ListStreams<'_>) -> Result<StreamListing, StoreError>;
 
     /// Reads events of the global log from `from` (inclusive) that match `filter`, up to
     /// `limit` matches or `scan_limit` events looked at, whichever comes first.
@@ -161,7 +156,7 @@ pub trait EventLog: Send + Sync + 'static {
         let head = self.head();
         let mut events = Vec::new();
         let mut scanned = 0usize;
-        let scanned_to = self.scan(from, head, &mut |event| {
+        let scanned_to = self.scan(from..head, &mut |event| {
             scanned += 1;
             if filter.matches(event.stream, event.event_type) {
                 events.push(event.to_recorded());
@@ -183,7 +178,7 @@ pub trait EventLog: Send + Sync + 'static {
     fn position_after_time(&self, micros: i64) -> Result<GlobalPosition, StoreError> {
         first_where(0, self.head(), |position| {
             let mut at = i64::MAX;
-            self.scan(position, position + 1, &mut |event| {
+            self.scan(position..position + 1, &mut |event| {
                 at = event.recorded_at_micros;
                 false
             })?;

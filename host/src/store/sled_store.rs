@@ -1,6 +1,7 @@
 //! The embedded backend: the log in a sled tree, appends through the group-commit writer,
 //! reads bounded by the durable head.
 
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -12,9 +13,9 @@ use super::faults::InjectedFaults;
 use super::sled_log::SledLog;
 use super::writer::{AppendJob, ImportJob, Job, Writer, recover_head};
 use super::{
-    AppendOutcome, BoxFuture, Direction, EventLog, EventRef, EventStore, ExpectedRevision,
-    GlobalPosition, ProposedEvent, RecordedEvent, StoreError, StreamListing, StreamName,
-    StreamRevision, StreamSlice,
+    AppendOutcome, BoxFuture, EventLog, EventStore, ExpectedRevision, GlobalPosition, ListStreams,
+    ProposedEvent, RecordedEvent, StoreError, StreamListing, StreamName, StreamRead,
+    StreamRevision, StreamSlice, Visit,
 };
 
 impl From<sled::Error> for StoreError {
@@ -151,22 +152,20 @@ impl EventLog for SledStore {
 
     fn scan(
         &self,
-        from: GlobalPosition,
-        until: GlobalPosition,
-        visit: &mut dyn FnMut(EventRef<'_>) -> bool,
+        range: Range<GlobalPosition>,
+        visit: &mut Visit<'_>,
     ) -> Result<GlobalPosition, StoreError> {
-        self.reader.scan(from, until.min(self.reader.head()), visit)
+        let until = range.end.min(self.reader.head());
+        self.reader.scan(range.start, until, visit)
     }
 
     fn read_stream(
         &self,
         stream: &StreamName,
-        from: Option<StreamRevision>,
-        limit: usize,
-        direction: Direction,
+        read: StreamRead,
     ) -> Result<Option<StreamSlice>, StoreError> {
         self.reader
-            .read_stream(stream.as_str(), from, limit, direction)
+            .read_stream(stream.as_str(), read.from, read.limit, read.direction)
     }
 
     fn stream_revision_after(
@@ -177,13 +176,9 @@ impl EventLog for SledStore {
         self.reader.stream_revision_after(stream.as_str(), position)
     }
 
-    fn list_streams(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<StreamListing, StoreError> {
-        self.reader.list_streams(prefix, after, limit)
+    fn list_streams(&self, query: ListStreams<'_>) -> Result<StreamListing, StoreError> {
+        self.reader
+            .list_streams(query.prefix, query.after, query.limit)
     }
 }
 

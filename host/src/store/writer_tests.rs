@@ -6,8 +6,8 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::super::{
-    AppendOutcome, Direction, EventLog, EventStore, ExpectedRevision, InjectedFaults,
-    ProposedEvent, SledStore, StoreConfig, StoreError, StreamName,
+    AppendOutcome, EventLog, EventStore, ExpectedRevision, InjectedFaults, ProposedEvent,
+    SledStore, StoreConfig, StoreError, StreamName, StreamRead,
 };
 
 fn event(id: Uuid, from_client: bool) -> ProposedEvent {
@@ -71,7 +71,7 @@ async fn a_late_retry_answers_the_original_positions_and_an_id_is_never_recorded
     assert!(matches!(partly, Err(StoreError::DuplicateEventId(_))));
     assert!(
         store
-            .read_stream(&stream("b-1"), None, 10, Direction::Forward)
+            .read_stream(&stream("b-1"), StreamRead::forward(None, 10))
             .unwrap()
             .is_none()
     );
@@ -124,7 +124,7 @@ async fn after_a_failed_flush_no_write_is_acknowledged_until_the_store_has_recov
         "{refused:?}"
     );
     let read = store
-        .read_stream(&stream("s-1"), None, 100, Direction::Forward)
+        .read_stream(&stream("s-1"), StreamRead::forward(None, 100))
         .unwrap()
         .unwrap();
     assert_eq!(read.events.len(), 5);
@@ -158,7 +158,7 @@ async fn after_a_failed_flush_no_write_is_acknowledged_until_the_store_has_recov
     );
     assert_eq!((next.first_revision, next.first_position), (6, 6));
     let read = store
-        .read_stream(&stream("s-1"), None, 100, Direction::Forward)
+        .read_stream(&stream("s-1"), StreamRead::forward(None, 100))
         .unwrap()
         .unwrap();
     let revisions: Vec<u64> = read.events.iter().map(|e| e.revision).collect();

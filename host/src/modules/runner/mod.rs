@@ -407,7 +407,7 @@ impl Runner {
     ) -> Fault {
         let mut event = None;
         if let Some(p) = position {
-            let _ = self.log.scan(p, p + 1, &mut |e| {
+            let _ = self.log.scan(p..p + 1, &mut |e| {
                 event = Some(e.to_recorded());
                 false
             });

@@ -73,7 +73,7 @@ impl Selection {
     ) -> Batch {
         let mut events = Vec::new();
         let mut scanned = 0;
-        let scanned_to = log.scan(from, durable, &mut |event| {
+        let scanned_to = log.scan(from..durable, &mut |event| {
             scanned += 1;
             if self.filter.matches(event.stream, event.event_type)
                 && !self.skip.contains(&event.position)

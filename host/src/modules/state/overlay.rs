@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::{Changes, ModuleState};
-use crate::engine::sandbox::StateStore;
+use crate::engine::sandbox::{Scan, StateStore};
 use crate::engine::{ENTRY_OVERHEAD_BYTES, check_state};
 use crate::store::StoreError;
 
@@ -103,13 +103,13 @@ impl StateStore for KvOverlay {
         Ok(())
     }
 
-    fn scan(
-        &mut self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, String> {
+    fn scan(&mut self, scan: Scan<'_>) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let Scan {
+            prefix,
+            start_after,
+            limit,
+            max_bytes,
+        } = scan;
         // Committed keys come in pages, merged with this call's writes in key order. The
         // merge is certain only up to the last committed key read: a write beyond it may
         // sort after committed keys not read yet. So pages are read until `limit` live
@@ -167,6 +167,21 @@ mod tests {
         ModuleState::new(MemoryKeyspaces::default().open("t").unwrap())
     }
 
+    fn scan(
+        overlay: &mut KvOverlay,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, String> {
+        overlay.scan(Scan {
+            prefix,
+            start_after,
+            limit,
+            max_bytes,
+        })
+    }
+
     #[test]
     fn the_overlay_reads_its_own_writes_and_scans_merged() {
         let state = state();
@@ -180,15 +195,13 @@ mod tests {
         overlay.delete("a/3".into()).unwrap();
         assert_eq!(overlay.get("a/2").unwrap(), Some(b"2".to_vec()));
         assert_eq!(overlay.get("a/3").unwrap(), None);
-        let keys: Vec<_> = overlay
-            .scan("a/", None, 10, usize::MAX)
+        let keys: Vec<_> = scan(&mut overlay, "a/", None, 10, usize::MAX)
             .unwrap()
             .into_iter()
             .map(|(k, _)| k)
             .collect();
         assert_eq!(keys, ["a/1", "a/2"]);
-        let keys: Vec<_> = overlay
-            .scan("a/", Some("a/1"), 10, usize::MAX)
+        let keys: Vec<_> = scan(&mut overlay, "a/", Some("a/1"), 10, usize::MAX)
             .unwrap()
             .into_iter()
             .map(|(k, _)| k)
@@ -214,7 +227,7 @@ mod tests {
         }
         overlay.put("a/99".into(), b"2".to_vec()).unwrap();
         let keys = |overlay: &mut KvOverlay, after: Option<&str>| -> Vec<String> {
-            let page = overlay.scan("a/", after, 10, usize::MAX).unwrap();
+            let page = scan(overlay, "a/", after, 10, usize::MAX).unwrap();
             page.into_iter().map(|(k, _)| k).collect()
         };
         let first = keys(&mut overlay, None);
@@ -236,11 +249,11 @@ mod tests {
         overlay.into_changes().commit(&state, 1).unwrap();
         let mut overlay = KvOverlay::new(state.clone(), 100);
         // 40 entries of 4 + 12 bytes: 640 bytes.
-        assert_eq!(overlay.scan("k/", None, 100, 640).unwrap().len(), 40);
-        let refused = overlay.scan("k/", None, 100, 639).unwrap_err();
+        assert_eq!(scan(&mut overlay, "k/", None, 100, 640).unwrap().len(), 40);
+        let refused = scan(&mut overlay, "k/", None, 100, 639).unwrap_err();
         assert!(refused.contains("more than 639 bytes"), "{refused}");
         // A smaller page fits.
-        assert_eq!(overlay.scan("k/", None, 10, 639).unwrap().len(), 10);
+        assert_eq!(scan(&mut overlay, "k/", None, 10, 639).unwrap().len(), 10);
     }
 
     #[test]
