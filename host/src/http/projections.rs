@@ -362,7 +362,7 @@ pub async fn replay(
         "version": module.version,
         "kind": module.kind,
         "position": module.state.checkpoint().unwrap_or(0),
-        "expires_in_seconds": 15 * 60,
+        "expires_in_seconds": crate::modules::REPLAY_TTL.as_secs(),
     });
     Ok(Json(value))
 }

@@ -3,7 +3,6 @@
 //! owner publishes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -46,8 +45,6 @@ pub struct DeployedModule {
     progress: watch::Sender<Progress>,
     /// When the version last started processing, and from which checkpoint: for rates.
     run_started: Mutex<(Instant, GlobalPosition)>,
-    /// Set once the version is dropped, so that watchers of its progress stop.
-    retired: AtomicBool,
 }
 
 impl DeployedModule {
@@ -73,7 +70,6 @@ impl DeployedModule {
             code,
             run_started: Mutex::new((Instant::now(), progress.checkpoint)),
             progress: watch::Sender::new(progress),
-            retired: AtomicBool::new(false),
         }
     }
 
@@ -121,6 +117,11 @@ impl DeployedModule {
         self.progress.borrow().clone()
     }
 
+    /// What the version is doing (without copying the rest of its progress).
+    pub fn status(&self) -> Status {
+        self.progress.borrow().status
+    }
+
     pub fn watch_progress(&self) -> watch::Receiver<Progress> {
         self.progress.subscribe()
     }
@@ -147,15 +148,5 @@ impl DeployedModule {
         let checkpoint = self.progress.borrow().checkpoint;
         let (since, from) = *self.run_started.lock();
         Rebuild::measure(from, checkpoint, head, since.elapsed().as_secs_f64())
-    }
-
-    /// Marks the version dropped and wakes whoever watches it.
-    pub(super) fn mark_retired(&self) {
-        self.retired.store(true, Ordering::Release);
-        self.progress.send_modify(|_| {});
-    }
-
-    pub fn is_retired(&self) -> bool {
-        self.retired.load(Ordering::Acquire)
     }
 }

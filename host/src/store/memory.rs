@@ -288,11 +288,6 @@ impl MemoryKeyspaces {
             spaces: Mutex::new(spaces),
         }
     }
-
-    /// The names of the keyspaces there are.
-    pub fn names(&self) -> Vec<String> {
-        self.spaces.lock().keys().cloned().collect()
-    }
 }
 
 impl Keyspaces for MemoryKeyspaces {

@@ -228,7 +228,6 @@ impl ModuleRegistry {
             self.records.save(&next.record(name))?;
             let old = entry.current.clone();
             old.stop();
-            old.module.mark_retired();
             let owner = self
                 .launcher
                 .own(&module, entry.paused.contains(&version))?;
@@ -261,20 +260,14 @@ impl ModuleRegistry {
             module: module.clone(),
             owner: Some(self.launcher.own(&module, false)?),
         };
-        let (replaced, dropped_kept) = self.edit(name, |e| {
+        let replaced = self.edit(name, |e| {
             e.activation = activation;
-            let kept = e.kept.iter().position(|s| s.module.version == version);
-            (e.candidate.replace(slot), kept.map(|i| e.kept.remove(i)))
+            e.kept.retain(|s| s.module.version != version);
+            e.candidate.replace(slot)
         })?;
-        if let Some(old) = replaced {
-            if old.module.version == version {
-                old.module.mark_retired();
-            } else {
-                self.retire(&old);
-            }
-        }
-        if let Some(kept) = dropped_kept {
-            kept.module.mark_retired();
+        // A replaced candidate of another version goes, with its state and code.
+        if let Some(old) = replaced.filter(|old| old.module.version != version) {
+            self.retire(&old);
         }
         if activation == Activation::Auto {
             self.launcher
@@ -484,7 +477,6 @@ impl ModuleRegistry {
     fn retire(&self, slot: &Slot) {
         slot.stop();
         let module = &slot.module;
-        module.mark_retired();
         if let Err(err) = self
             .launcher
             .keyspaces
@@ -636,7 +628,6 @@ impl ModuleRegistry {
             .collect();
         for slot in slots {
             slot.stop();
-            slot.module.mark_retired();
         }
     }
 }

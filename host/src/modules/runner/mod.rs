@@ -216,7 +216,7 @@ impl Runner {
     /// Everything durable is processed: commit, publish `running`, let the sibling go.
     fn catch_up(&mut self) -> Result<(), Fault> {
         self.commit().map_err(|f| self.fault_from(None, f))?;
-        let rebuilt = self.module.progress().status == Status::Rebuilding;
+        let rebuilt = self.module.status() == Status::Rebuilding;
         self.folder.release_idle_sibling(rebuilt);
         self.publish(Some(Status::Running));
         if rebuilt && let Some(then) = self.on_caught_up.as_mut() {

@@ -95,13 +95,15 @@ impl ModuleState {
     /// # Errors
     /// Storage failures.
     pub fn stream_state(&self, stream: &str) -> Result<Option<StreamState>, StoreError> {
-        Ok(self.space.get(&tagged(STREAM_TAG, stream))?.and_then(|v| {
-            let revision = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
-            Some(StreamState {
-                revision,
-                bytes: v[8..].to_vec(),
-            })
-        }))
+        Ok(self
+            .space
+            .get(&tagged(STREAM_TAG, stream))?
+            .and_then(|mut v| {
+                let revision = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+                // The state follows the revision: moved down in place, not copied again.
+                v.drain(..8);
+                Some(StreamState { revision, bytes: v })
+            }))
     }
 
     /// # Errors
