@@ -28,6 +28,7 @@
 //!   server.
 
 pub mod cli;
+pub mod cluster;
 pub mod engine;
 pub mod http;
 pub mod memory;

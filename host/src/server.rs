@@ -16,8 +16,10 @@ use tokio::sync::watch;
 use crate::engine::{ModuleLimits, WasmEngine};
 use crate::http::auth::Tokens;
 use crate::http::{self, AppState, Limits};
-use crate::modules::{Activation, ModuleRegistry, ModuleSettings};
-use crate::store::{SledStore, StoreConfig};
+use crate::cluster::{Cluster, OpenRegistry};
+use crate::modules::{Activation, ModuleRegistry, ModuleSettings, RegistrySlot};
+use crate::store::nats::{ClusterKeyspaces, Nats, NatsConfig, NatsStore};
+use crate::store::{EventLog, EventStore, Keyspaces, SledStore, StoreConfig};
 
 /// Everything `refold serve` needs.
 #[derive(Clone)]
@@ -35,6 +37,18 @@ pub struct ServerConfig {
     pub cache_bytes: u64,
     /// Modules to deploy at startup (name, file), unless already deployed with those bytes.
     pub deploy: Vec<(String, PathBuf)>,
+    /// Cluster mode: the log on NATS JetStream instead of the embedded store.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// How a host joins a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub nats: NatsConfig,
+    /// This host's id (default: derived from the address it advertises).
+    pub host_id: Option<String>,
+    /// The address other hosts reach this one at (default: the listen address).
+    pub advertise: Option<String>,
 }
 
 /// Serves until SIGINT or SIGTERM.
@@ -47,20 +61,31 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     running.stop().await
 }
 
+/// What the server runs on: the embedded store, or a cluster's log on JetStream.
+enum Backend {
+    Embedded(Arc<SledStore>),
+    Cluster {
+        store: Arc<NatsStore>,
+        keyspaces: ClusterKeyspaces,
+        cluster: Arc<Cluster>,
+    },
+}
+
 /// A server running in this process (for `serve`, and for tests that want one on an
 /// ephemeral port: listen on port 0 and read [`RunningServer::address`]).
 pub struct RunningServer {
     /// Where it listens.
     pub address: SocketAddr,
-    pub store: Arc<SledStore>,
-    pub modules: Arc<ModuleRegistry>,
+    pub store: Arc<dyn EventStore>,
+    pub modules: Arc<RegistrySlot>,
+    backend: Backend,
     shutdown: watch::Sender<bool>,
     serving: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl RunningServer {
     /// Stops accepting, finishes in-flight requests, stops the modules and closes the
-    /// store.
+    /// store (in a cluster: hands the modules lease over first).
     ///
     /// # Errors
     /// Serving failed, or the store did not close cleanly.
@@ -68,13 +93,28 @@ impl RunningServer {
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = self.shutdown.send(true);
         self.serving.await.context("the server task")??;
-        let (modules, store) = (self.modules, self.store);
-        tokio::task::spawn_blocking(move || {
-            modules.shutdown();
-            store.close();
-        })
-        .await
-        .context("closing the store")?;
+        match self.backend {
+            Backend::Embedded(store) => {
+                let modules = self.modules;
+                tokio::task::spawn_blocking(move || {
+                    if let Some(registry) = modules.replace(None) {
+                        registry.shutdown();
+                    }
+                    store.close();
+                })
+                .await
+                .context("closing the store")?;
+            }
+            Backend::Cluster {
+                store,
+                keyspaces,
+                cluster,
+            } => {
+                cluster.leave().await;
+                keyspaces.close();
+                store.close().await;
+            }
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -86,7 +126,7 @@ impl RunningServer {
 /// # Errors
 /// The store cannot be opened, a module cannot be deployed, or the address cannot be
 /// bound.
-pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+pub async fn start(mut config: ServerConfig) -> anyhow::Result<RunningServer> {
     if config.tokens.is_empty() && !config.listen.ip().is_loopback() && !config.insecure {
         anyhow::bail!(
             "refusing to listen on {} with no tokens configured: anyone who can reach it could append and deploy code. Configure --tokens-file, listen on a loopback address, or pass --insecure",
@@ -96,46 +136,90 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     if config.tokens.is_empty() {
         tracing::warn!("no tokens configured: authentication is off");
     }
-    let mut store_config = StoreConfig::new(config.data_dir.join("store"));
-    store_config.cache_bytes = config.cache_bytes;
-    let compiled_dir = config.data_dir.join("compiled");
-    let module_limits = config.module_limits.clone();
-    let keep_versions = config.keep_versions;
-    let (store, modules) = tokio::task::spawn_blocking(move || {
-        let store = Arc::new(SledStore::open(&store_config)?);
-        let engine = Arc::new(WasmEngine::new().context("configuring the WebAssembly engine")?);
-        let modules = ModuleRegistry::open(
-            engine,
-            store.clone(),
-            store.clone(),
-            compiled_dir,
-            module_limits,
-            keep_versions,
-        )
-        .context("loading the deployed modules")?;
-        anyhow::Ok((store, modules))
-    })
-    .await
-    .context("opening the store")??;
-    for (name, file) in &config.deploy {
-        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-        let registry = modules.clone();
-        let target = name.clone();
-        let deployed = tokio::task::spawn_blocking(move || {
-            registry.deploy(&target, &bytes, ModuleSettings::default(), Activation::Auto)
-        })
-        .await?
-        .with_context(|| format!("deploying {} as {name}", file.display()))?;
-        tracing::info!(module = name, version = %deployed.module.version, changed = deployed.changed, "deployed at startup");
-    }
+    // Bound first: in a cluster the other hosts need the address this one serves on.
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr()?;
+    let mut store_config = StoreConfig::new(config.data_dir.join("store"));
+    store_config.cache_bytes = config.cache_bytes;
+    let engine = Arc::new(WasmEngine::new().context("configuring the WebAssembly engine")?);
+    let open_registry = {
+        let compiled_dir = config.data_dir.join("compiled");
+        let module_limits = config.module_limits.clone();
+        let keep_versions = config.keep_versions;
+        let deploy = config.deploy.clone();
+        move |log: Arc<dyn EventLog>, keyspaces: Arc<dyn Keyspaces>| {
+            let modules = ModuleRegistry::open(
+                engine.clone(),
+                log,
+                keyspaces,
+                compiled_dir.clone(),
+                module_limits.clone(),
+                keep_versions,
+            )
+            .context("loading the deployed modules")?;
+            deploy_at_start(&modules, &deploy)?;
+            anyhow::Ok(modules)
+        }
+    };
+    let slot = Arc::new(RegistrySlot::default());
+    let (store, backend, cluster): (Arc<dyn EventStore>, Backend, _) = match config.cluster.take() {
+        None => {
+            let (store, modules) = tokio::task::spawn_blocking(move || {
+                let store = Arc::new(SledStore::open(&store_config)?);
+                let modules = open_registry(store.clone(), store.clone())?;
+                anyhow::Ok((store, modules))
+            })
+            .await
+            .context("opening the store")??;
+            slot.replace(Some(modules));
+            (store.clone(), Backend::Embedded(store), None)
+        }
+        Some(cluster_config) => {
+            let nats = Arc::new(Nats::connect(&cluster_config.nats).await?);
+            // A message holds one event: events and appends stay within what NATS carries.
+            let max_payload = nats.client().server_info().max_payload;
+            config.limits.max_events_per_append = config.limits.max_events_per_append.min(1000);
+            config.limits.max_event_bytes = config
+                .limits
+                .max_event_bytes
+                .min(max_payload.saturating_sub(64 * 1024).max(1024));
+            store_config.path = config.data_dir.join("copy");
+            let store = Arc::new(NatsStore::open(nats.clone(), store_config).await?);
+            let keyspaces = ClusterKeyspaces::open(nats.clone(), store.copy().clone()).await?;
+            let advertise = cluster_config
+                .advertise
+                .clone()
+                .unwrap_or_else(|| address.to_string());
+            let id = cluster_config
+                .host_id
+                .clone()
+                .unwrap_or_else(|| format!("refold-{}", advertise.replace([':', '.'], "-")));
+            let open: OpenRegistry = {
+                let log: Arc<dyn EventLog> = store.clone();
+                let keyspaces: Arc<dyn Keyspaces> = Arc::new(keyspaces.clone());
+                Arc::new(move || open_registry(log.clone(), keyspaces.clone()))
+            };
+            let cluster = Cluster::join(id, advertise, nats, keyspaces.clone(), slot.clone(), open)
+                .await?;
+            (
+                store.clone(),
+                Backend::Cluster {
+                    store,
+                    keyspaces,
+                    cluster: cluster.clone(),
+                },
+                Some(cluster),
+            )
+        }
+    };
     let (shutdown, mut stopping) = watch::channel(false);
     let app = http::router(AppState {
         store: store.clone(),
-        modules: modules.clone(),
+        modules: slot.clone(),
+        address: address.to_string(),
+        cluster,
         limits: config.limits,
         tokens: config.tokens.clone(),
         metrics: Arc::default(),
@@ -154,10 +238,23 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     Ok(RunningServer {
         address,
         store,
-        modules,
+        modules: slot,
+        backend,
         shutdown,
         serving,
     })
+}
+
+/// Deploys the modules named at startup (unchanged bytes are a no-op).
+fn deploy_at_start(modules: &ModuleRegistry, deploy: &[(String, PathBuf)]) -> anyhow::Result<()> {
+    for (name, file) in deploy {
+        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let deployed = modules
+            .deploy(name, &bytes, ModuleSettings::default(), Activation::Auto)
+            .with_context(|| format!("deploying {} as {name}", file.display()))?;
+        tracing::info!(module = name, version = %deployed.module.version, changed = deployed.changed, "deployed at startup");
+    }
+    Ok(())
 }
 
 /// Resolves on the first SIGINT (ctrl-c) or SIGTERM.

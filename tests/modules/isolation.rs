@@ -30,6 +30,7 @@ async fn start(dir: &std::path::Path) -> RunningServer {
         insecure: false,
         cache_bytes: 256 * 1024 * 1024,
         deploy: Vec::new(),
+        cluster: None,
     })
     .await
     .expect("the server starts in this process")

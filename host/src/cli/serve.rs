@@ -13,7 +13,8 @@ use anyhow::{Context as _, bail};
 use crate::engine::ModuleLimits;
 use crate::http::Limits;
 use crate::http::auth::Tokens;
-use crate::server::ServerConfig;
+use crate::server::{ClusterConfig, ServerConfig};
+use crate::store::nats::NatsConfig;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -81,6 +82,20 @@ pub struct ServeArgs {
     /// Earlier versions of each module whose state is kept for rollback.
     #[arg(long, env = "REFOLD_KEEP_VERSIONS", default_value_t = 2)]
     keep_versions: usize,
+    /// Cluster mode: keep the log in NATS JetStream at these servers (URL[,URL...])
+    /// instead of the embedded store; every host given the same servers shares the log.
+    #[arg(long, env = "REFOLD_NATS", value_delimiter = ',')]
+    nats: Vec<String>,
+    /// Cluster mode: replicas of Refold's JetStream streams (default: 3 when the cluster
+    /// has at least 3 servers, else 1).
+    #[arg(long, env = "REFOLD_NATS_REPLICAS")]
+    nats_replicas: Option<usize>,
+    /// Cluster mode: this host's id (default: derived from its advertised address).
+    #[arg(long, env = "REFOLD_HOST_ID")]
+    host_id: Option<String>,
+    /// Cluster mode: the address other hosts reach this one at (default: --listen).
+    #[arg(long, env = "REFOLD_ADVERTISE")]
+    advertise: Option<String>,
 }
 
 fn parse_deploy(value: &str) -> Result<(String, PathBuf), String> {
@@ -121,6 +136,14 @@ impl ServeArgs {
             cache_bytes: self.cache_mib << 20,
             deploy: self.deploy,
             keep_versions: self.keep_versions,
+            cluster: (!self.nats.is_empty()).then(|| ClusterConfig {
+                nats: NatsConfig {
+                    urls: self.nats.clone(),
+                    replicas: self.nats_replicas,
+                },
+                host_id: self.host_id.clone(),
+                advertise: self.advertise.clone(),
+            }),
             tokens: Arc::new(tokens),
             insecure: self.insecure,
         })

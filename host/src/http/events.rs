@@ -233,7 +233,7 @@ pub async fn read_stream(
     let from = params::u64_param("from", query.from.as_deref())?;
     let limit = params::limit(query.limit.as_deref())?;
     let direction = params::direction(query.direction.as_deref())?;
-    let store = app.log();
+    let store = app.synced_log().await?;
     let name = stream.clone();
     let read = StreamRead {
         from,
@@ -274,7 +274,7 @@ pub async fn read_all(
     let from = params::u64_param("from", query.from.as_deref())?.unwrap_or(0);
     let limit = params::limit(query.limit.as_deref())?;
     let filter = params::filter(query.event_type.as_deref(), query.category.as_deref());
-    let store = app.log();
+    let store = app.synced_log().await?;
     let slice = blocking(move || store.read_all(from, limit, ALL_SCAN_LIMIT, &filter)).await?;
     let next = (!slice.reached_head).then_some(slice.scanned_to);
     let mut out = Vec::with_capacity(64 + slice.events.len() * 256);
@@ -301,7 +301,7 @@ pub async fn list_streams(
     let limit = params::limit(query.limit.as_deref())?;
     let prefix = query.prefix.unwrap_or_default();
     let after = query.after;
-    let store = app.log();
+    let store = app.synced_log().await?;
     let listing = blocking(move || {
         store.list_streams(ListStreams {
             prefix: &prefix,

@@ -31,7 +31,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::metrics::Metrics;
-use crate::modules::ModuleRegistry;
+use crate::modules::{ModuleRegistry, RegistrySlot};
 use crate::store::{EventLog, EventStore};
 use error::ApiError;
 
@@ -63,7 +63,11 @@ impl Default for Limits {
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn EventStore>,
-    pub modules: Arc<ModuleRegistry>,
+    pub modules: Arc<RegistrySlot>,
+    /// Where this host listens (as other hosts reach it, in cluster mode).
+    pub address: String,
+    /// Cluster mode: this host's place in the cluster (`None` on a single node).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub limits: Limits,
     /// Who may do what; empty means authentication is off.
     pub tokens: Arc<auth::Tokens>,
@@ -89,6 +93,30 @@ impl AppState {
     /// The log as readers see it: what every read and subscription depends on.
     pub fn log(&self) -> Arc<dyn EventLog> {
         self.store.clone()
+    }
+
+    /// The log once it holds every append acknowledged before this call (by any host, in
+    /// cluster mode): what reads use, so that they see their own and others' writes.
+    ///
+    /// # Errors
+    /// 503 when the log cannot be brought up to date (cluster mode).
+    pub async fn synced_log(&self) -> Result<Arc<dyn EventLog>, ApiError> {
+        self.store.sync().await?;
+        Ok(self.log())
+    }
+
+    /// The module registry, if this host runs the modules now.
+    ///
+    /// # Errors
+    /// 503 `modules_moving` while the modules move to another host (cluster mode).
+    pub fn modules(&self) -> Result<Arc<ModuleRegistry>, ApiError> {
+        self.modules.current().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "modules_moving",
+                "the modules are moving to another host of the cluster; retry in a few seconds",
+            )
+        })
     }
 }
 
@@ -120,6 +148,10 @@ pub fn router(state: AppState) -> Router {
         .merge(console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::cluster::proxy::forward_module_requests,
+        ))
         .layer(
             tower::ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

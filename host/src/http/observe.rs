@@ -5,11 +5,12 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
-use serde_json::Value;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
 
 use super::AppState;
+use super::error::ApiError;
 use crate::metrics::{header as help, label};
 use crate::modules::Status;
 
@@ -56,7 +57,7 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     m.append_latency
         .render(&mut out, "refold_append_duration_seconds", "");
 
-    let modules = app.modules.list();
+    let modules = app.modules.current().map(|m| m.list()).unwrap_or_default();
     let per_module: [(&str, &str, &str); 5] = [
         (
             "refold_module_checkpoint",
@@ -121,4 +122,30 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
 
 pub async fn openapi(State(app): State<AppState>) -> Json<Value> {
     Json(app.openapi.as_ref().clone())
+}
+
+/// `GET /cluster`: this host, the others, which modules each runs, and the NATS servers.
+/// A single node answers as a cluster of one.
+pub async fn cluster(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let Some(cluster) = app.cluster.as_ref() else {
+        let modules: Vec<String> = app
+            .modules
+            .current()
+            .map(|m| m.list().into_iter().map(|m| m.name.clone()).collect())
+            .unwrap_or_default();
+        return Ok(Json(json!({
+            "id": "local",
+            "hosts": [{"id": "local", "address": app.address, "alive": true, "modules": modules}],
+            "nats": [],
+        }))
+        .into_response());
+    };
+    let status = cluster.status().await.map_err(|err| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unavailable",
+            format!("cannot read the cluster's state from JetStream: {err:#}"),
+        )
+    })?;
+    Ok(Json(status).into_response())
 }

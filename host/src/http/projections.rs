@@ -30,7 +30,7 @@ fn module_not_found(name: &str) -> ApiError {
 }
 
 fn find(app: &AppState, name: &str) -> Result<Arc<DeployedModule>, ApiError> {
-    app.modules.get(name).ok_or_else(|| module_not_found(name))
+    app.modules()?.get(name).ok_or_else(|| module_not_found(name))
 }
 
 /// One version, as `GET /projections/{name}` and `/versions` show it.
@@ -186,7 +186,7 @@ pub async fn deploy(
     let settings = query.settings()?;
     let activation = query.activation()?;
     let body = read_limited(&headers, body, app.limits.max_module_bytes).await?;
-    let modules = app.modules.clone();
+    let modules = app.modules()?;
     let deployed = blocking(move || modules.deploy(&name, &body, settings, activation)).await?;
     let module = &deployed.module;
     let status = if deployed.changed {
@@ -201,21 +201,17 @@ pub async fn deploy(
             "version": module.version,
             "kind": module.kind,
             "status": module.progress().status,
-            "current": app.modules.get(&module.name).is_some_and(|c| c.version == module.version),
+            "current": app.modules()?.get(&module.name).is_some_and(|c| c.version == module.version),
         })),
     )
         .into_response())
 }
 
-pub async fn list(State(app): State<AppState>) -> Json<Value> {
-    let head = app.modules.head();
-    let modules: Vec<Value> = app
-        .modules
-        .list()
-        .iter()
-        .map(|m| summary(m, head))
-        .collect();
-    Json(json!({ "projections": modules }))
+pub async fn list(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let registry = app.modules()?;
+    let head = registry.head();
+    let modules: Vec<Value> = registry.list().iter().map(|m| summary(m, head)).collect();
+    Ok(Json(json!({ "projections": modules })))
 }
 
 pub async fn details(
@@ -224,14 +220,14 @@ pub async fn details(
 ) -> Result<Json<Value>, ApiError> {
     let Path(name) = path?;
     let module = find(&app, &name)?;
-    let head = app.modules.head();
+    let head = app.modules()?.head();
     let progress = module.progress();
     let mut value = summary(&module, head);
     let counters = &module.counters;
     value["head"] = head.into();
     value["deployed_at"] = module.deployed_at.clone().into();
     value["size_bytes"] = module.size_bytes.into();
-    let versions = app.modules.versions(&name)?;
+    let versions = app.modules()?.versions(&name)?;
     value["versions"] = versions.iter().map(|v| version_json(v, head)).collect();
     if let Some(candidate) = versions.iter().find(|v| v.role == Role::Candidate) {
         value["rebuild"] = version_json(candidate, head);
@@ -259,7 +255,7 @@ pub async fn remove(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Path(name) = path?;
-    let modules = app.modules.clone();
+    let modules = app.modules()?;
     let target = name.clone();
     blocking(move || modules.remove(&target)).await?;
     Ok(Json(json!({ "name": name, "removed": true })))
@@ -278,7 +274,7 @@ pub async fn action(
             format!("unknown action {action:?}; use pause, resume, reset, skip or verify"),
         ));
     }
-    let modules = app.modules.clone();
+    let modules = app.modules()?;
     let head = modules.head();
     let outcome = tokio::task::spawn_blocking(move || -> Result<Value, ModuleError> {
         let module = match action.as_str() {
@@ -302,8 +298,8 @@ pub async fn versions(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Path(name) = path?;
-    let head = app.modules.head();
-    let versions = app.modules.versions(&name)?;
+    let head = app.modules()?.head();
+    let versions = app.modules()?.versions(&name)?;
     let list: Vec<Value> = versions.iter().map(|v| version_json(v, head)).collect();
     Ok(Json(json!({ "name": name, "versions": list })))
 }
@@ -313,7 +309,7 @@ pub async fn activate(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Path((name, version)) = path?;
-    let modules = app.modules.clone();
+    let modules = app.modules()?;
     let head = modules.head();
     let target = name.clone();
     let module = blocking(move || modules.activate(&target, &version)).await?;
@@ -325,7 +321,7 @@ pub async fn diff(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Path((name, version)) = path?;
-    let modules = app.modules.clone();
+    let modules = app.modules()?;
     let diff = blocking(move || modules.diff(&name, &version)).await?;
     Ok(Json(serde_json::to_value(diff).unwrap_or_default()))
 }
@@ -355,7 +351,7 @@ pub async fn replay(
             blocking(move || store.position_after_time(micros)).await?
         }
     };
-    let modules = app.modules.clone();
+    let modules = app.modules()?;
     let module = blocking(move || modules.replay(&name, to)).await?;
     let value = json!({
         "name": module.name,

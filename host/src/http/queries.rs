@@ -34,7 +34,7 @@ async fn version_caught_up(
     name: &str,
     consistency: &Consistency,
 ) -> Result<Arc<DeployedModule>, ApiError> {
-    let module = app.modules.resolve(name, consistency.version.as_deref())?;
+    let module = app.modules()?.resolve(name, consistency.version.as_deref())?;
     let Some(after) = params::u64_param("after", consistency.after.as_deref())? else {
         return Ok(module);
     };
@@ -50,7 +50,7 @@ async fn version_caught_up(
     // Without an explicit version, a switch to a newer version may have happened while
     // waiting: read from whichever is current now if it is far enough.
     let module = match &consistency.version {
-        None => app.modules.resolve(name, None)?,
+        None => app.modules()?.resolve(name, None)?,
         Some(_) => module,
     };
     let current = module.progress();
@@ -149,7 +149,7 @@ pub async fn stream_state(
             "state": state_json(&state.bytes),
         })));
     };
-    let modules = app.modules.clone();
+    let modules = app.modules()?;
     let version = module.version.clone();
     let target = stream.clone();
     let module_name = name.clone();

@@ -151,6 +151,17 @@ pub fn table() -> Vec<(Endpoint, MethodRouter<AppState>)> {
             get(super::health),
         ),
         (
+            endpoint(
+                M::GET,
+                "/cluster",
+                READ,
+                "This host, the other hosts of the cluster (alive or not, and the modules each runs) and the NATS servers; a single node answers as a cluster of one",
+                &[],
+                &[(200, "the cluster"), (503, "JetStream does not answer")],
+            ),
+            get(observe::cluster),
+        ),
+        (
             Endpoint {
                 answer: Answer::Text,
                 ..endpoint(

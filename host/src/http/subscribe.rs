@@ -184,6 +184,7 @@ pub async fn subscribe_all(
         None => from.unwrap_or(0),
     };
     let filter = params::filter(query.event_type.as_deref(), query.category.as_deref());
+    app.synced_log().await?;
     Ok(into_sse(&app, Cursor::All { next, filter }))
 }
 
@@ -204,11 +205,14 @@ pub async fn subscribe_stream(
     let from = params::u64_param("from", query.from.as_deref())?;
     let next = match resume_after(&headers)? {
         Some(last_seen) => {
-            let store = app.log();
+            let store = app.synced_log().await?;
             let name = stream.clone();
             blocking(move || store.stream_revision_after(&name, last_seen)).await?
         }
-        None => from.unwrap_or(0),
+        None => {
+            app.synced_log().await?;
+            from.unwrap_or(0)
+        }
     };
     Ok(into_sse(&app, Cursor::Stream { stream, next }))
 }

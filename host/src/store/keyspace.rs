@@ -85,6 +85,13 @@ impl Writes {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// The writes in order: each key with its new value, `None` for a removal.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        self.entries
+            .iter()
+            .map(|(key, value)| (key.as_slice(), value.as_deref()))
+    }
 }
 
 impl IntoIterator for Writes {

@@ -14,6 +14,7 @@ mod faults;
 mod id_index;
 mod keyspace;
 mod memory;
+pub mod nats;
 mod sled_batch;
 mod sled_keyspace;
 mod sled_log;
@@ -134,6 +135,13 @@ pub trait EventLog: Send + Sync + 'static {
         stream: &StreamName,
         position: GlobalPosition,
     ) -> Result<StreamRevision, StoreError>;
+
+    /// Resolves once this log holds every append acknowledged before the call, by any
+    /// host: what a read waits for to see its own and others' writes. The embedded store
+    /// holds them already; cluster mode's copy may lag JetStream by a few milliseconds.
+    fn sync(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 
     /// Lists streams in name order, the page `query` asks for.
     ///

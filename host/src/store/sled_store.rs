@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::faults::InjectedFaults;
 use super::sled_log::SledLog;
-use super::writer::{AppendJob, ImportJob, Job, Writer, recover_head};
+use super::writer::{AppendJob, FindOriginalJob, ImportJob, Job, Writer, recover_head};
 use super::{
     AppendOutcome, BoxFuture, EventLog, EventStore, ExpectedRevision, GlobalPosition, ListStreams,
     ProposedEvent, RecordedEvent, StoreError, StreamListing, StreamName, StreamRead,
@@ -135,6 +135,41 @@ impl SledStore {
     }
 }
 
+/// What cluster mode needs of the local copy of the log it keeps on each host.
+impl SledStore {
+    /// Copies events of the replicated log as they are, at their positions (the replicated
+    /// log has already decided them; see `ImportJob::replicated`). Resolves to the new head
+    /// once they are durable here.
+    pub(crate) fn replicate(
+        &self,
+        events: Vec<RecordedEvent>,
+    ) -> BoxFuture<'static, Result<GlobalPosition, StoreError>> {
+        self.submit(|reply| {
+            Job::Import(ImportJob {
+                events,
+                replicated: true,
+                reply,
+            })
+        })
+    }
+
+    /// Where an earlier append carrying these client-chosen ids landed, if one did; an error
+    /// if the ids are recorded but this append does not repeat the one that recorded them.
+    pub(crate) fn find_original(
+        &self,
+        stream: StreamName,
+        events: Vec<ProposedEvent>,
+    ) -> BoxFuture<'static, Result<Option<AppendOutcome>, StoreError>> {
+        self.submit(|reply| {
+            Job::FindOriginal(FindOriginalJob {
+                stream,
+                events,
+                reply,
+            })
+        })
+    }
+}
+
 impl Drop for SledStore {
     fn drop(&mut self) {
         self.close();
@@ -203,7 +238,13 @@ impl EventStore for SledStore {
         &self,
         events: Vec<RecordedEvent>,
     ) -> BoxFuture<'static, Result<GlobalPosition, StoreError>> {
-        self.submit(|reply| Job::Import(ImportJob { events, reply }))
+        self.submit(|reply| {
+            Job::Import(ImportJob {
+                events,
+                replicated: false,
+                reply,
+            })
+        })
     }
 }
 

@@ -55,6 +55,7 @@ const RECOVERY_INTERVAL: Duration = Duration::from_millis(500);
 pub(super) enum Job {
     Append(AppendJob),
     Import(ImportJob),
+    FindOriginal(FindOriginalJob),
 }
 
 pub(super) struct AppendJob {
@@ -67,7 +68,19 @@ pub(super) struct AppendJob {
 /// Recorded events to restore as they are (see `EventStore::import`).
 pub(super) struct ImportJob {
     pub events: Vec<RecordedEvent>,
+    /// Copied from a log this store replicates (cluster mode): that log is the authority,
+    /// so an id it recorded twice is kept twice rather than refused (the first stays the
+    /// one retries find).
+    pub replicated: bool,
     pub reply: oneshot::Sender<Result<GlobalPosition, StoreError>>,
+}
+
+/// Where an earlier append with these client-chosen ids landed, if one did (see
+/// `SledStore::find_original`).
+pub(super) struct FindOriginalJob {
+    pub stream: StreamName,
+    pub events: Vec<ProposedEvent>,
+    pub reply: oneshot::Sender<Result<Option<AppendOutcome>, StoreError>>,
 }
 
 impl Job {
@@ -76,6 +89,7 @@ impl Job {
         match self {
             Job::Append(job) => drop(job.reply.send(Err(err))),
             Job::Import(job) => drop(job.reply.send(Err(err))),
+            Job::FindOriginal(job) => drop(job.reply.send(Err(err))),
         }
     }
 
@@ -83,6 +97,7 @@ impl Job {
         match self {
             Job::Append(job) => job.events.len(),
             Job::Import(job) => job.events.len(),
+            Job::FindOriginal(_) => 0,
         }
     }
 }
@@ -97,6 +112,10 @@ enum Answer {
         oneshot::Sender<Result<GlobalPosition, StoreError>>,
         Result<GlobalPosition, StoreError>,
     ),
+    FindOriginal(
+        oneshot::Sender<Result<Option<AppendOutcome>, StoreError>>,
+        Result<Option<AppendOutcome>, StoreError>,
+    ),
 }
 
 impl Answer {
@@ -105,6 +124,7 @@ impl Answer {
         match self {
             Answer::Append(reply, outcome) => drop(reply.send(outcome)),
             Answer::Import(reply, outcome) => drop(reply.send(outcome)),
+            Answer::FindOriginal(reply, outcome) => drop(reply.send(outcome)),
         }
     }
 
@@ -112,6 +132,7 @@ impl Answer {
         match self {
             Answer::Append(reply, _) => drop(reply.send(Err(err))),
             Answer::Import(reply, _) => drop(reply.send(Err(err))),
+            Answer::FindOriginal(reply, _) => drop(reply.send(Err(err))),
         }
     }
 }
@@ -271,8 +292,12 @@ impl Writer {
                     Answer::Append(job.reply, outcome)
                 }
                 Job::Import(job) => {
-                    let outcome = self.stage_import(&mut group, &job.events);
+                    let outcome = self.stage_import(&mut group, &job.events, job.replicated);
                     Answer::Import(job.reply, outcome)
+                }
+                Job::FindOriginal(job) => {
+                    let outcome = self.find_original(&group, job.stream.as_str(), &job.events);
+                    Answer::FindOriginal(job.reply, outcome)
                 }
             });
         }
@@ -419,6 +444,7 @@ impl Writer {
         &mut self,
         group: &mut Group,
         events: &[RecordedEvent],
+        replicated: bool,
     ) -> Result<GlobalPosition, StoreError> {
         let mismatch =
             |message: String, head: GlobalPosition| StoreError::ImportMismatch { message, head };
@@ -426,13 +452,18 @@ impl Writer {
         let mut position = self.next_position;
         let mut ids = std::collections::HashSet::with_capacity(events.len());
         for event in events {
-            if !ids.insert(event.id) {
+            let repeated = !ids.insert(event.id);
+            let recorded = self.index.lookup(&event.id)?;
+            if replicated {
+                if repeated || recorded.is_some() {
+                    tracing::warn!(id = %event.id, position = event.position, "the replicated log records this event id a second time");
+                }
+            } else if repeated {
                 return Err(StoreError::DuplicateEventId(format!(
                     "event id {} appears twice in the import",
                     event.id
                 )));
-            }
-            if let Some(recorded) = self.index.lookup(&event.id)? {
+            } else if let Some(recorded) = recorded {
                 return Err(StoreError::DuplicateEventId(format!(
                     "event id {} is already recorded, at position {recorded}; an id is recorded once",
                     event.id
