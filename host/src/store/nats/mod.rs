@@ -71,7 +71,9 @@ impl Nats {
             .name("refold")
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
-            .request_timeout(Some(Duration::from_secs(5)))
+            // An unanswered write is retried (with the same message ids, so at most once);
+            // waiting long only delays that retry when a stream leader died.
+            .request_timeout(Some(Duration::from_secs(2)))
             .connect(addresses.as_slice())
             .await
             .with_context(|| format!("connecting to NATS at {urls}"))?;
