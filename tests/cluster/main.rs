@@ -10,6 +10,8 @@ mod model;
 mod support;
 
 mod nats;
+#[path = "nats_cluster.rs"]
+mod nats_cluster;
 
 mod contract;
 mod faults;

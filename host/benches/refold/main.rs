@@ -13,8 +13,11 @@
 //! - `--languages`: also the per-language section (see `languages.rs`: the examples in
 //!   Rust, JavaScript, Python and C; the first run installs their toolchains);
 //!   `--language-events N` for its log (default 200,000).
-//! - `--only http|modules|history|languages|restart`: one section alone (`--modules-only` is
-//!   `--only modules`).
+//! - `--cluster`: also cluster mode (see `cluster.rs`: appends and a rebuild on the embedded
+//!   store, one NATS node and a 3-node JetStream cluster, beside raw JetStream publishes;
+//!   the first run installs nats-server from PyPI).
+//! - `--only http|modules|history|languages|restart|cluster`: one section alone
+//!   (`--modules-only` is `--only modules`).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -24,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod cluster;
 mod history;
 mod languages;
 mod modules;
@@ -38,6 +42,11 @@ struct Server {
 
 impl Server {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// A server with extra `serve` arguments.
+    async fn start_with(args: &[&str]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -46,6 +55,7 @@ impl Server {
         let child = Command::new(env!("CARGO_BIN_EXE_refold"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
             .arg(data.path().join("store"))
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -379,6 +389,11 @@ async fn main() {
         println!();
         println!("## Languages: the examples in Rust, JavaScript, Python and C");
         languages::run(arg("--language-events", 200_000)).await;
+    }
+    if only == "cluster" || (only.is_empty() && flag("--cluster")) {
+        println!();
+        println!("## Cluster mode: the embedded store, one NATS node, a 3-node JetStream cluster");
+        cluster::run(seconds).await;
     }
     if only == "restart" || (only.is_empty() && flag("--restart")) {
         println!();
