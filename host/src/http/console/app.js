@@ -528,6 +528,11 @@ function statusBadge(status) {
   return h("span", { class: `badge status-${status || "unknown"}`, "data-testid": "status" }, status || "unknown");
 }
 
+/** A good/bad badge with its own words (alive/gone, reachable/unreachable). */
+function stateBadge(good, yes, no) {
+  return h("span", { class: `badge status-${good ? "running" : "faulted"}`, "data-testid": "state" }, good ? yes : no);
+}
+
 function kindBadge(kind) {
   return h("span", { class: `badge kind-${kind}` }, kind);
 }
@@ -704,6 +709,7 @@ async function pageDashboard(view, page) {
   const errors = errorSlot();
   const modulesHolder = h("div", { "data-testid": "dash-modules-table" }, h("p", { class: "muted" }, "Loading…"));
   const recentHolder = h("div", { "data-testid": "dash-recent" }, h("p", { class: "muted" }, "Loading…"));
+  const clusterHolder = h("div", { "data-testid": "dash-cluster" }, h("p", { class: "muted" }, "Loading…"));
   view.append(
     h("div", { class: "page-head" }, h("h1", {}, "Dashboard"), h("span", { class: "muted small" }, "refreshes every second")),
     errors.el,
@@ -713,8 +719,10 @@ async function pageDashboard(view, page) {
       stat("Modules", count, breakdown),
       stat("Total lag", lagTotal, h("div", { class: "stat-note" }, "events behind the head, all modules"))),
     section("Modules", modulesHolder),
-    section("Latest events", recentHolder));
+    section("Latest events", recentHolder),
+    section("Cluster", clusterHolder));
 
+  let clusterTick = 0;
   const samples = [];
   let shownHead = null;
   page.every(1000, async () => {
@@ -744,6 +752,13 @@ async function pageDashboard(view, page) {
       errors.show(listing.reason);
       replace(modulesHolder, h("p", { class: "muted" }, "Unavailable."));
     }
+    if (clusterTick++ % 3 === 0) {
+      try {
+        replace(clusterHolder, clusterView(await page.api("/cluster")));
+      } catch (err) {
+        replace(clusterHolder, h("p", { class: "muted" }, `Unavailable: ${err.message || err}`));
+      }
+    }
     if (health.status === "fulfilled" && health.value.head !== shownHead && listing.status === "fulfilled") {
       const top = health.value.head;
       const recent = await page.api(withQuery("/all", { from: Math.max(0, top - 8), limit: 8 }));
@@ -751,6 +766,33 @@ async function pageDashboard(view, page) {
       replace(recentHolder, logTable(recent.events.slice().reverse(), "dash-recent-table"));
     }
   });
+}
+
+/** GET /cluster: the hosts (this one marked), what each runs, and the NATS servers. */
+function clusterView(cluster) {
+  const hosts = h("tbody");
+  for (const host of cluster.hosts) {
+    hosts.append(h("tr", { "data-testid": "cluster-host", "data-id": host.id, "data-alive": String(host.alive) },
+      h("td", { class: "mono" }, host.id, host.id === cluster.id ? h("span", { class: "muted small" }, " (this host)") : null),
+      h("td", { class: "mono" }, host.address),
+      h("td", {}, stateBadge(host.alive, "alive", "gone")),
+      h("td", {}, host.modules.length ? host.modules.join(", ") : h("span", { class: "muted" }, "none"))));
+  }
+  const parts = [h("table", { class: "table", "data-testid": "cluster-hosts" },
+    h("thead", {}, h("tr", {}, ["Host", "Address", "State", "Runs"].map((c) => h("th", {}, c)))), hosts)];
+  if (cluster.nats.length) {
+    const servers = h("tbody");
+    for (const server of cluster.nats) {
+      servers.append(h("tr", { "data-testid": "cluster-nats" },
+        h("td", { class: "mono" }, server.url, server.current ? h("span", { class: "muted small" }, " (in use)") : null),
+        h("td", {}, stateBadge(server.connected, "reachable", "unreachable"))));
+    }
+    parts.push(h("table", { class: "table", "data-testid": "cluster-nats-servers" },
+      h("thead", {}, h("tr", {}, ["NATS server", "State"].map((c) => h("th", {}, c)))), servers));
+  } else {
+    parts.push(h("p", { class: "muted small" }, "A single node on its embedded store."));
+  }
+  return h("div", {}, ...parts);
 }
 
 /** Events per second over the last 5 seconds of samples. */
