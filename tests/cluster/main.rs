@@ -14,6 +14,7 @@ mod nats;
 mod nats_cluster;
 
 mod contract;
+mod fencing;
 mod faults;
 
 /// Cluster tests run one at a time: each starts a NATS cluster and several hosts, and the

@@ -277,6 +277,7 @@ async fn start_modules(cluster: &Arc<Cluster>, open: &OpenRegistry) -> anyhow::R
         .sync()
         .await
         .context("catching up on module state")?;
+    cluster.keyspaces.begin_writing();
     let open = open.clone();
     let registry = tokio::task::spawn_blocking(move || open()).await??;
     cluster.slot.replace(Some(registry));

@@ -61,8 +61,16 @@ struct Shared {
     applied_space: Arc<dyn Keyspace>,
     /// The stream sequence applied here.
     applied: watch::Sender<u64>,
-    /// Per keyspace subject: the sequence of its last commit.
+    /// Per keyspace subject: the sequence of its last commit applied here.
     ends: Mutex<HashMap<String, u64>>,
+    /// Per keyspace subject: the last commit this host knows of as the writer: taken from
+    /// `ends` when it became the writer, then moved only by its own commits. A commit
+    /// expects it, so once another host has written there, this host's commits are refused
+    /// (its follower applying the other host's commit does not make them acceptable).
+    fence: Mutex<HashMap<String, u64>>,
+    /// Names this host's term as writer in its commits' message ids, so that JetStream's
+    /// de-duplication never takes one writer's commit for another's.
+    term: Mutex<String>,
     runtime: Handle,
     stop: watch::Sender<bool>,
 }
@@ -111,6 +119,8 @@ impl ClusterKeyspaces {
             applied_space,
             applied,
             ends: Mutex::new(ends),
+            fence: Mutex::new(HashMap::new()),
+            term: Mutex::new(uuid::Uuid::new_v4().simple().to_string()),
             runtime: Handle::current(),
             stop,
         });
@@ -134,6 +144,14 @@ impl ClusterKeyspaces {
             .state
             .last_sequence;
         self.0.applied_up_to(last).await
+    }
+
+    /// Makes this host the writer of every keyspace, as of what it has applied (call after
+    /// [`ClusterKeyspaces::sync`], before anything here writes).
+    pub fn begin_writing(&self) {
+        let ends = self.0.ends.lock().clone();
+        *self.0.fence.lock() = ends;
+        *self.0.term.lock() = uuid::Uuid::new_v4().simple().to_string();
     }
 
     /// Stops applying the stream.
@@ -214,8 +232,8 @@ impl Shared {
         runtime.block_on(async {
             let mut unanswered = false;
             for attempt in 0..40u32 {
-                let expected = self.ends.lock().get(&subject).copied().unwrap_or(0);
-                let id = format!("{subject}@{expected}");
+                let expected = self.fence.lock().get(&subject).copied().unwrap_or(0);
+                let id = format!("{subject}@{expected}/{}", self.term.lock());
                 let messages = parts
                     .iter()
                     .enumerate()
@@ -243,7 +261,10 @@ impl Shared {
                 .await
                 .unwrap_or_else(|_| Err(PublishError::Unanswered("timed out".into())));
                 match outcome {
-                    Ok(ack) => return self.applied_up_to(ack.sequence).await,
+                    Ok(ack) => {
+                        self.fence.lock().insert(subject.clone(), ack.sequence);
+                        return self.applied_up_to(ack.sequence).await;
+                    }
                     Err(PublishError::Unanswered(reason)) => {
                         tracing::warn!(%reason, keyspace, "state commit: no answer from JetStream; retrying");
                         unanswered = true;
@@ -258,8 +279,11 @@ impl Shared {
                                 StoreError::Unavailable(format!("JetStream does not answer: {err}"))
                             })?;
                             self.applied_up_to(info.state.last_sequence).await?;
-                            if self.last_id_of(&subject).await.as_deref() == Some(&format!("{id}#{}", parts.len() - 1)) {
-                                return Ok(());
+                            if let Some((sequence, last_id)) = self.last_of(&subject).await {
+                                if last_id == format!("{id}#{}", parts.len() - 1) {
+                                    self.fence.lock().insert(subject.clone(), sequence);
+                                    return Ok(());
+                                }
                             }
                             return Err(fenced(keyspace));
                         }
@@ -277,13 +301,11 @@ impl Shared {
         })
     }
 
-    /// The message id of the last message on `subject`.
-    async fn last_id_of(&self, subject: &str) -> Option<String> {
+    /// The sequence and message id of the last message on `subject`.
+    async fn last_of(&self, subject: &str) -> Option<(u64, String)> {
         let message = self.state.get_last_raw_message_by_subject(subject).await.ok()?;
-        message
-            .headers
-            .get(header::NATS_MESSAGE_ID)
-            .map(|value| value.as_str().to_owned())
+        let id = message.headers.get(header::NATS_MESSAGE_ID)?.as_str().to_owned();
+        Some((message.sequence, id))
     }
 
     async fn applied_up_to(&self, sequence: u64) -> Result<(), StoreError> {
