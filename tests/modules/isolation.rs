@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use refold::engine::ModuleLimits;
 use refold::http::Limits;
 use refold::server::{RunningServer, ServerConfig};
-use refold::store::{EventStore, ExpectedRevision, ProposedEvent, StreamName};
+use refold::store::{ExpectedRevision, ProposedEvent, StreamName};
 use serde_json::Value;
 
 use crate::support::{example, test_guest};

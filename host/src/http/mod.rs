@@ -221,7 +221,9 @@ mod tests {
         let (_shutdown_tx, shutdown) = watch::channel(false);
         let mut app = router(AppState {
             store: store.clone(),
-            modules,
+            modules: Arc::new(RegistrySlot::holding(modules)),
+            address: "127.0.0.1:0".into(),
+            cluster: None,
             limits: Limits::default(),
             tokens: Arc::default(),
             metrics: Arc::default(),
