@@ -234,6 +234,16 @@ impl SledLog {
         Ok(Some(StreamSlice { events, next }))
     }
 
+    /// The last durable event of `stream` as its revision and position, without reading it.
+    pub(super) fn stream_end(
+        &self,
+        stream: &str,
+    ) -> Result<Option<(StreamRevision, GlobalPosition)>, StoreError> {
+        Ok(self
+            .stream_positions(stream, None, 1, Direction::Backward)?
+            .and_then(|pairs| pairs.first().copied()))
+    }
+
     /// The last durable revision of `stream`, if it has any event.
     pub(super) fn last_revision(&self, stream: &str) -> Result<Option<StreamRevision>, StoreError> {
         Ok(self

@@ -153,6 +153,17 @@ impl SledStore {
         })
     }
 
+    /// The revision and position of `stream`'s last durable event (cheaper than reading it).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub(crate) fn stream_end(
+        &self,
+        stream: &StreamName,
+    ) -> Result<Option<(StreamRevision, GlobalPosition)>, StoreError> {
+        self.reader.stream_end(stream.as_str())
+    }
+
     /// Where an earlier append carrying these client-chosen ids landed, if one did; an error
     /// if the ids are recorded but this append does not repeat the one that recorded them.
     pub(crate) fn find_original(

@@ -152,11 +152,10 @@ impl Shared {
     fn end_of(&self, stream: &StreamName) -> Result<Option<StreamEnd>, StoreError> {
         let copied = self
             .copy
-            .read_stream(stream, StreamRead::backward(None, 1))?
-            .and_then(|slice| slice.events.into_iter().next())
-            .map(|last| StreamEnd {
-                revision: last.revision,
-                sequence: last.position + 1,
+            .stream_end(stream)?
+            .map(|(revision, position)| StreamEnd {
+                revision,
+                sequence: position + 1,
             });
         let remembered = self.ends.lock().get(stream.as_str()).copied();
         Ok(match (copied, remembered) {
