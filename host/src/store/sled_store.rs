@@ -144,10 +144,18 @@ impl SledStore {
         &self,
         events: Vec<RecordedEvent>,
     ) -> BoxFuture<'static, Result<GlobalPosition, StoreError>> {
+        self.import_as(events, true)
+    }
+
+    fn import_as(
+        &self,
+        events: Vec<RecordedEvent>,
+        replicated: bool,
+    ) -> BoxFuture<'static, Result<GlobalPosition, StoreError>> {
         self.submit(|reply| {
             Job::Import(ImportJob {
                 events,
-                replicated: true,
+                replicated,
                 reply,
             })
         })
@@ -249,13 +257,7 @@ impl EventStore for SledStore {
         &self,
         events: Vec<RecordedEvent>,
     ) -> BoxFuture<'static, Result<GlobalPosition, StoreError>> {
-        self.submit(|reply| {
-            Job::Import(ImportJob {
-                events,
-                replicated: false,
-                reply,
-            })
-        })
+        self.import_as(events, false)
     }
 }
 

@@ -29,7 +29,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
-use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::{HeaderMap, header};
 use futures::StreamExt as _;
 use parking_lot::Mutex;
@@ -90,22 +89,12 @@ impl ClusterKeyspaces {
     /// JetStream refuses the stream, or the local copy cannot be read.
     pub async fn open(nats: Arc<Nats>, local: Arc<SledStore>) -> anyhow::Result<Self> {
         let state = nats
-            .ensure_stream(Config {
-                name: wire::STATE_STREAM.into(),
-                subjects: vec![wire::STATE_SUBJECTS.into()],
-                storage: StorageType::File,
-                num_replicas: nats.replicas(),
-                retention: RetentionPolicy::Limits,
-                discard: DiscardPolicy::New,
-                max_messages: -1,
-                max_bytes: -1,
-                max_messages_per_subject: -1,
-                deny_delete: true,
-                deny_purge: true,
-                allow_atomic_publish: true,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
+            .ensure_stream(wire::append_only_stream(
+                wire::STATE_STREAM,
+                wire::STATE_SUBJECTS,
+                nats.replicas(),
+                Duration::from_secs(120),
+            ))
             .await
             .context("creating the state stream in JetStream")?;
         let applied_space = local.open(APPLIED)?;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::{HeaderMap, header};
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -59,26 +58,12 @@ impl NatsStore {
     /// JetStream refuses the stream, or the copy cannot be opened.
     pub async fn open(nats: Arc<Nats>, copy: StoreConfig) -> anyhow::Result<Self> {
         let events = nats
-            .ensure_stream(Config {
-                name: wire::EVENTS_STREAM.into(),
-                subjects: vec![wire::EVENTS_SUBJECTS.into()],
-                storage: StorageType::File,
-                num_replicas: nats.replicas(),
-                retention: RetentionPolicy::Limits,
-                discard: DiscardPolicy::New,
-                // Nothing may ever leave the stream: sequences stay gapless.
-                max_messages: -1,
-                max_bytes: -1,
-                max_age: Duration::ZERO,
-                max_messages_per_subject: -1,
-                deny_delete: true,
-                deny_purge: true,
-                allow_rollup: false,
-                allow_atomic_publish: true,
-                allow_direct: true,
-                duplicate_window: DUPLICATE_WINDOW,
-                ..Default::default()
-            })
+            .ensure_stream(wire::append_only_stream(
+                wire::EVENTS_STREAM,
+                wire::EVENTS_SUBJECTS,
+                nats.replicas(),
+                DUPLICATE_WINDOW,
+            ))
             .await
             .context("creating the event stream in JetStream")?;
         let copy = tokio::task::spawn_blocking(move || SledStore::open(&copy))
@@ -303,35 +288,26 @@ impl Shared {
             }
         }
         for chunk in events.chunks(MAX_BATCH) {
-            let first_sequence = chunk[0].position + 1;
+            // The batch lands exactly where the import says, or not at all.
+            let expected = (header::NATS_EXPECTED_LAST_SEQUENCE, chunk[0].position);
             let messages = chunk
                 .iter()
                 .enumerate()
                 .map(|(i, event)| {
-                    let mut headers = HeaderMap::new();
-                    headers.insert(header::NATS_MESSAGE_ID, event.id.to_string().as_str());
-                    if i == 0 {
-                        // The batch lands exactly where the import says, or not at all.
-                        headers.insert(
-                            header::NATS_EXPECTED_LAST_SEQUENCE,
-                            (first_sequence - 1).to_string().as_str(),
-                        );
-                    }
-                    Outgoing {
-                        subject: event_subject(&event.stream),
-                        headers,
-                        payload: encode_event(
-                            &event.stream,
-                            event.revision,
-                            &ProposedEvent {
-                                id: event.id,
-                                id_from_client: true,
-                                event_type: event.event_type.clone(),
-                                data: event.data.clone(),
-                                metadata: event.metadata.clone(),
-                            },
-                        ),
-                    }
+                    let proposed = ProposedEvent {
+                        id: event.id,
+                        id_from_client: true,
+                        event_type: event.event_type.clone(),
+                        data: event.data.clone(),
+                        metadata: event.metadata.clone(),
+                    };
+                    event_message(
+                        &event.stream,
+                        event.revision,
+                        &proposed,
+                        (i == 0).then(|| expected.clone()),
+                        Some(event.recorded_at_micros),
+                    )
                 })
                 .collect();
             publish(self.nats.client(), messages)
@@ -347,33 +323,48 @@ impl Shared {
 }
 
 /// The messages of one append: the first carries the stream's expected last sequence
-/// (0: no event yet), each its event id for de-duplication.
+/// (0: no event yet).
 fn outgoing(
     stream: &StreamName,
     first_revision: StreamRevision,
     expected_sequence: u64,
     events: &[ProposedEvent],
 ) -> Vec<Outgoing> {
-    let subject = event_subject(stream.as_str());
+    let expected = (header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected_sequence);
     events
         .iter()
         .enumerate()
         .map(|(i, event)| {
-            let mut headers = HeaderMap::new();
-            headers.insert(header::NATS_MESSAGE_ID, event.id.to_string().as_str());
-            if i == 0 {
-                headers.insert(
-                    header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                    expected_sequence.to_string().as_str(),
-                );
-            }
-            Outgoing {
-                subject: subject.clone(),
-                headers,
-                payload: encode_event(stream.as_str(), first_revision + i as u64, event),
-            }
+            event_message(
+                stream.as_str(),
+                first_revision + i as u64,
+                event,
+                (i == 0).then(|| expected.clone()),
+                None,
+            )
         })
         .collect()
+}
+
+/// One event's message: its id for de-duplication, an expectation if given, and the
+/// recording time of an imported event.
+fn event_message(
+    stream: &str,
+    revision: StreamRevision,
+    event: &ProposedEvent,
+    expectation: Option<(async_nats::header::HeaderName, u64)>,
+    recorded_at_micros: Option<i64>,
+) -> Outgoing {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::NATS_MESSAGE_ID, event.id.to_string().as_str());
+    if let Some((name, value)) = expectation {
+        headers.insert(name, value.to_string().as_str());
+    }
+    Outgoing {
+        subject: event_subject(stream),
+        headers,
+        payload: encode_event(stream, revision, event, recorded_at_micros),
+    }
 }
 
 fn backoff(attempt: u32) -> Duration {

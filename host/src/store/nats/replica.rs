@@ -71,9 +71,10 @@ async fn copy_from(
             }
             // Recording times never go back, whichever JetStream leader stamped them: time
             // searches over the log rely on it.
-            let at = micros(info.published).max(last_micros);
-            last_micros = at;
-            batch.push(decode_event(&message.payload, sequence, at)?);
+            let mut event = decode_event(&message.payload, sequence, micros(info.published))?;
+            event.recorded_at_micros = event.recorded_at_micros.max(last_micros);
+            last_micros = event.recorded_at_micros;
+            batch.push(event);
             expected += 1;
         }
         match copy.replicate(batch).await {

@@ -16,6 +16,36 @@ pub(super) const EVENTS_SUBJECTS: &str = "refold.events.>";
 pub(super) const STATE_STREAM: &str = "REFOLD_STATE";
 pub(super) const STATE_SUBJECTS: &str = "refold.state.>";
 
+/// An append-only stream: nothing ever leaves it (no limits, no deletes, no purges), so
+/// its sequences have no gaps; atomic batches allowed.
+pub(super) fn append_only_stream(
+    name: &str,
+    subjects: &str,
+    replicas: usize,
+    duplicate_window: std::time::Duration,
+) -> async_nats::jetstream::stream::Config {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+    Config {
+        name: name.into(),
+        subjects: vec![subjects.into()],
+        storage: StorageType::File,
+        num_replicas: replicas,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::New,
+        max_messages: -1,
+        max_bytes: -1,
+        max_age: std::time::Duration::ZERO,
+        max_messages_per_subject: -1,
+        deny_delete: true,
+        deny_purge: true,
+        allow_rollup: false,
+        allow_atomic_publish: true,
+        allow_direct: true,
+        duplicate_window,
+        ..Default::default()
+    }
+}
+
 /// Subject tokens may not hold `.`, `*`, `>` or whitespace; names are carried in URL-safe
 /// base64, which has none of them.
 pub(super) fn token_of(name: &str) -> String {
@@ -48,11 +78,13 @@ pub(super) fn position_of(sequence: u64) -> GlobalPosition {
 }
 
 /// The payload of one event message. `data` and `metadata` are JSON text already
-/// validated, written as they are.
+/// validated, written as they are. An imported event keeps its recording time; an
+/// appended one is recorded at the time JetStream stores it.
 pub(super) fn encode_event(
     stream: &str,
     revision: StreamRevision,
     event: &ProposedEvent,
+    recorded_at_micros: Option<i64>,
 ) -> bytes::Bytes {
     let stream = serde_json::to_string(stream).unwrap_or_default();
     let event_type = serde_json::to_string(&event.event_type).unwrap_or_default();
@@ -71,6 +103,10 @@ pub(super) fn encode_event(
     out.push_str(&event.data);
     out.push_str(",\"metadata\":");
     out.push_str(&event.metadata);
+    if let Some(micros) = recorded_at_micros {
+        out.push_str(",\"recorded_at\":");
+        out.push_str(&micros.to_string());
+    }
     out.push('}');
     bytes::Bytes::from(out)
 }
@@ -84,13 +120,17 @@ struct WireEvent {
     event_type: String,
     data: Box<RawValue>,
     metadata: Box<RawValue>,
+    /// Microseconds since the Unix epoch, for imported events.
+    #[serde(default)]
+    recorded_at: Option<i64>,
 }
 
-/// An event as recorded: the payload, where JetStream stored it and when.
+/// An event as recorded: the payload, where JetStream stored it and (unless the payload
+/// says when, for an import) when.
 pub(super) fn decode_event(
     payload: &[u8],
     sequence: u64,
-    recorded_at_micros: i64,
+    stored_at_micros: i64,
 ) -> Result<RecordedEvent, StoreError> {
     let wire: WireEvent = serde_json::from_slice(payload).map_err(|err| {
         StoreError::Corrupt(format!("the event at sequence {sequence} is unreadable: {err}"))
@@ -103,7 +143,7 @@ pub(super) fn decode_event(
         event_type: wire.event_type,
         data: wire.data.get().to_owned(),
         metadata: wire.metadata.get().to_owned(),
-        recorded_at_micros,
+        recorded_at_micros: wire.recorded_at.unwrap_or(stored_at_micros),
     })
 }
 
