@@ -1,10 +1,8 @@
 //! Cluster mode: several hosts on one JetStream log. Every host serves the whole API; the
 //! modules run on one host at a time, the holder of the `modules` lease, and the other
-//! hosts forward module requests to it ([`proxy`]). When the holder dies its lease
+//! hosts forward module requests to it (`http/forward.rs`). When the holder dies its lease
 //! expires and another host takes it, catches up on module state (kept in JetStream, see
 //! [`crate::store::nats::ClusterKeyspaces`]) and resumes every module from its checkpoint.
-
-pub mod proxy;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

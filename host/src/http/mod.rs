@@ -6,6 +6,7 @@ mod backup;
 mod body;
 mod console;
 pub mod error;
+mod forward;
 mod events;
 mod observe;
 mod openapi;
@@ -150,7 +151,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            crate::cluster::proxy::forward_module_requests,
+            forward::forward_module_requests,
         ))
         .layer(
             tower::ServiceBuilder::new()

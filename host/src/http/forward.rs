@@ -7,8 +7,8 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::http::AppState;
-use crate::http::error::ApiError;
+use super::AppState;
+use super::error::ApiError;
 
 /// Marks a forwarded request, so that it is never forwarded twice.
 const FORWARDED: HeaderName = HeaderName::from_static("x-refold-forwarded");
