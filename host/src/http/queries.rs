@@ -42,11 +42,15 @@ async fn version_caught_up(
         .unwrap_or(DEFAULT_WAIT_MS)
         .min(MAX_WAIT_MS);
     let mut progress = module.watch_progress();
-    let waited = tokio::time::timeout(
+    // `wait_for` answers with a read guard on the progress: it is dropped here, at once.
+    // Held on, it would block the owner's next publish, and with it every later reader
+    // (a waiting writer stops new readers), this one included: a deadlock.
+    let _reached = tokio::time::timeout(
         Duration::from_millis(wait_ms),
         progress.wait_for(|p| p.checkpoint > after || p.status == Status::Faulted),
     )
-    .await;
+    .await
+    .is_ok_and(|reached| reached.is_ok());
     // Without an explicit version, a switch to a newer version may have happened while
     // waiting: read from whichever is current now if it is far enough.
     let module = match &consistency.version {
@@ -57,8 +61,8 @@ async fn version_caught_up(
     if current.checkpoint > after {
         return Ok(module);
     }
-    let why = match (waited, current.status) {
-        (_, Status::Faulted) => {
+    let why = match current.status {
+        Status::Faulted => {
             "the module is faulted and will not get there until it is fixed".to_owned()
         }
         _ => format!("it did not get there within {wait_ms} ms"),
