@@ -398,8 +398,8 @@ async fn a_full_disk_stops_writes_with_503_and_loses_no_acknowledged_event() {
         );
     }
     // ...while the durable log can still be read.
-    let (status, _) = server.get("/streams/fill-1?limit=10").await;
-    assert_eq!(status, StatusCode::OK);
+    let (status, body) = server.get("/streams/fill-1?limit=10").await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", server.log());
     let acked_events: usize = acknowledged.iter().map(|(_, n)| n).sum();
     assert!(acked_events > 1000, "only {acked_events} events fit");
 
