@@ -13,10 +13,10 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::cluster::{Cluster, OpenRegistry};
 use crate::engine::{ModuleLimits, WasmEngine};
 use crate::http::auth::Tokens;
 use crate::http::{self, AppState, Limits};
-use crate::cluster::{Cluster, OpenRegistry};
 use crate::modules::{Activation, ModuleRegistry, ModuleSettings, RegistrySlot};
 use crate::store::nats::{ClusterKeyspaces, Nats, NatsConfig, NatsStore};
 use crate::store::{EventLog, EventStore, Keyspaces, SledStore, StoreConfig};
@@ -201,8 +201,8 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<RunningServer> {
                 let keyspaces: Arc<dyn Keyspaces> = Arc::new(keyspaces.clone());
                 Arc::new(move || open_registry(log.clone(), keyspaces.clone()))
             };
-            let cluster = Cluster::join(id, advertise, nats, keyspaces.clone(), slot.clone(), open)
-                .await?;
+            let cluster =
+                Cluster::join(id, advertise, nats, keyspaces.clone(), slot.clone(), open).await?;
             (
                 store.clone(),
                 Backend::Cluster {

@@ -34,14 +34,17 @@ fn start_writers(
     for (h, host) in targets.iter().enumerate() {
         for w in 0..per_host {
             let host = Server::attach(host);
-            let (stop, acknowledged, counter) = (stop.clone(), acknowledged.clone(), counter.clone());
+            let (stop, acknowledged, counter) =
+                (stop.clone(), acknowledged.clone(), counter.clone());
             writers.push(tokio::spawn(async move {
                 let mut k = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     k += 1;
                     let n = counter.fetch_add(1, Ordering::Relaxed);
                     let count = 1 + (n % 3) as usize;
-                    let ids: Vec<String> = (0..count).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+                    let ids: Vec<String> = (0..count)
+                        .map(|_| uuid::Uuid::new_v4().to_string())
+                        .collect();
                     let body: Vec<Value> = ids
                         .iter()
                         .map(|id| json!({"type": "Deposited", "data": {"amount": 1}, "id": id}))
@@ -82,9 +85,16 @@ async fn check_log(host: &Server, acknowledged: &Acknowledged) -> usize {
     let all = host.read_all_fully().await;
     let mut by_id: HashMap<&str, u64> = HashMap::new();
     for (i, event) in all.iter().enumerate() {
-        assert_eq!(event["position"].as_u64(), Some(i as u64), "positions are gapless");
+        assert_eq!(
+            event["position"].as_u64(),
+            Some(i as u64),
+            "positions are gapless"
+        );
         let id = event["id"].as_str().expect("an id");
-        assert!(by_id.insert(id, i as u64).is_none(), "event id {id} is in the log twice");
+        assert!(
+            by_id.insert(id, i as u64).is_none(),
+            "event id {id} is in the log twice"
+        );
     }
     let mut lost = 0;
     for (id, position) in &acknowledged.positions {
@@ -117,7 +127,10 @@ async fn appends_continue_when_the_leading_nats_node_dies_and_nothing_acknowledg
         if acknowledged.lock().positions.len() > before + 100 {
             break killed.elapsed();
         }
-        assert!(killed.elapsed() < Duration::from_secs(20), "appends did not resume");
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "appends did not resume"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -153,7 +166,12 @@ async fn runner_of(host: &Server, module: &str) -> Option<String> {
     cluster["hosts"]
         .as_array()?
         .iter()
-        .find(|h| h["alive"] == true && h["modules"].as_array().is_some_and(|m| m.iter().any(|m| m == module)))
+        .find(|h| {
+            h["alive"] == true
+                && h["modules"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|m| m == module))
+        })
         .and_then(|h| h["id"].as_str().map(str::to_owned))
 }
 
@@ -162,7 +180,9 @@ async fn modules_resume_on_another_host_within_ten_seconds_exactly_once() {
     let _serial = crate::SERIAL.lock().await;
     let nats = NatsCluster::start(3);
     let mut hosts = hosts(&nats, 3, &[]).await;
-    let (status, body) = hosts[0].deploy("bank-account", example("bank-account.wasm")).await;
+    let (status, body) = hosts[0]
+        .deploy("bank-account", example("bank-account.wasm"))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let deadline = Instant::now() + Duration::from_secs(10);
     let runner = loop {
@@ -188,18 +208,28 @@ async fn modules_resume_on_another_host_within_ten_seconds_exactly_once() {
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, before) = hosts[survivors[0]].get("/projections/bank-account").await;
-    assert!(before["position"].as_u64().unwrap_or(0) > 0, "the module runs: {before}");
+    assert!(
+        before["position"].as_u64().unwrap_or(0) > 0,
+        "the module runs: {before}"
+    );
     hosts[victim].kill9();
     let killed = Instant::now();
     // Moved: another host runs it and answers for it.
     let observer = &hosts[survivors[0]];
     let moved_after = loop {
-        let elsewhere = runner_of(observer, "bank-account").await.is_some_and(|r| r != runner);
-        let (status, _) = observer.get("/projections/bank-account/streams/account-0").await;
+        let elsewhere = runner_of(observer, "bank-account")
+            .await
+            .is_some_and(|r| r != runner);
+        let (status, _) = observer
+            .get("/projections/bank-account/streams/account-0")
+            .await;
         if elsewhere && status == StatusCode::OK {
             break killed.elapsed();
         }
-        assert!(killed.elapsed() < Duration::from_secs(10), "the module did not move within 10 s");
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "the module did not move within 10 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -219,11 +249,18 @@ async fn modules_resume_on_another_host_within_ten_seconds_exactly_once() {
             .get(&format!("/projections/bank-account/streams/{name}"))
             .await;
         assert_eq!(status, StatusCode::OK, "{state}");
-        assert_eq!(state["state"]["balance"].as_u64(), Some(deposits), "{name}: {state}");
+        assert_eq!(
+            state["state"]["balance"].as_u64(),
+            Some(deposits),
+            "{name}: {state}"
+        );
     }
     let (status, verdict) = observer.action("bank-account", "verify").await;
     assert_eq!(status, StatusCode::OK, "{verdict}");
-    assert_eq!(verdict["matches"], true, "the moved module differs from a fresh replay: {verdict}");
+    assert_eq!(
+        verdict["matches"], true,
+        "the moved module differs from a fresh replay: {verdict}"
+    );
     println!(
         "the host running bank-account killed under load: it ran again on another host after \
          {:.2} s (from its checkpoint at or past {}); {} events acknowledged, lost 0, {} streams' \
@@ -240,7 +277,9 @@ async fn everything_comes_back_after_the_whole_cluster_restarts() {
     let _serial = crate::SERIAL.lock().await;
     let mut nats = NatsCluster::start(3);
     let mut hosts = hosts(&nats, 2, &[]).await;
-    let (status, body) = hosts[1].deploy("bank-account", example("bank-account.wasm")).await;
+    let (status, body) = hosts[1]
+        .deploy("bank-account", example("bank-account.wasm"))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let stop = Arc::new(AtomicBool::new(false));
     let acknowledged = Arc::new(Mutex::new(Acknowledged::default()));
@@ -259,7 +298,10 @@ async fn everything_comes_back_after_the_whole_cluster_restarts() {
         assert!(status.success(), "a host stops cleanly: {status}");
         stopping.push(started.elapsed());
     }
-    assert!(stopping.iter().all(|t| *t < Duration::from_secs(15)), "{stopping:?}");
+    assert!(
+        stopping.iter().all(|t| *t < Duration::from_secs(15)),
+        "{stopping:?}"
+    );
     for node in 0..3 {
         nats.kill9(node);
     }
@@ -285,7 +327,10 @@ async fn everything_comes_back_after_the_whole_cluster_restarts() {
         );
     }
     let ack = hosts[0]
-        .append_ok("account-restarted", &json!({"type": "Deposited", "data": {"amount": 1}}))
+        .append_ok(
+            "account-restarted",
+            &json!({"type": "Deposited", "data": {"amount": 1}}),
+        )
         .await;
     assert_eq!(ack["first_position"].as_u64(), Some(total as u64));
     println!(

@@ -49,7 +49,9 @@ async fn a_host_that_lost_the_writer_role_cannot_extend_state() {
     tokio::task::spawn_blocking(move || {
         let space = b2.open("module-x").unwrap();
         assert_eq!(space.get(b"c").unwrap().as_deref(), Some(&b"100"[..]));
-        space.commit(put("c", "200")).expect("the new writer commits");
+        space
+            .commit(put("c", "200"))
+            .expect("the new writer commits");
     })
     .await
     .unwrap();
@@ -70,5 +72,9 @@ async fn a_host_that_lost_the_writer_role_cannot_extend_state() {
     let value = tokio::task::spawn_blocking(move || b.open("module-x").unwrap().get(b"c").unwrap())
         .await
         .unwrap();
-    assert_eq!(value.as_deref(), Some(&b"200"[..]), "the refused commit changed nothing");
+    assert_eq!(
+        value.as_deref(),
+        Some(&b"200"[..]),
+        "the refused commit changed nothing"
+    );
 }

@@ -14,8 +14,8 @@ mod nats;
 mod nats_cluster;
 
 mod contract;
-mod fencing;
 mod faults;
+mod fencing;
 
 /// Cluster tests run one at a time: each starts a NATS cluster and several hosts, and the
 /// fault tests measure failover times.

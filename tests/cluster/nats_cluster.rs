@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-
 /// `nats-server` 2.15.1, installed once per test run by `scripts/nats-server`.
 fn nats_server() -> PathBuf {
     static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -128,9 +127,15 @@ impl NatsCluster {
             .nodes
             .iter()
             .filter(|n| n.child.is_some())
-            .map(|n| format!("nats://127.0.0.1:{}", n.port).parse().expect("a URL"))
+            .map(|n| {
+                format!("nats://127.0.0.1:{}", n.port)
+                    .parse()
+                    .expect("a URL")
+            })
             .collect();
-        let client = async_nats::connect(urls.as_slice()).await.expect("NATS answers");
+        let client = async_nats::connect(urls.as_slice())
+            .await
+            .expect("NATS answers");
         let js = async_nats::jetstream::new(client);
         let info = js
             .get_stream(stream)
@@ -169,4 +174,3 @@ impl Drop for NatsCluster {
         }
     }
 }
-

@@ -36,15 +36,25 @@ pub async fn run(seconds: f64) {
     let mut rows: Vec<(String, Figures)> = Vec::new();
     {
         let server = Server::start_with(&[]).await;
-        rows.push(("embedded sled store".into(), measure(&server, seconds).await));
+        rows.push((
+            "embedded sled store".into(),
+            measure(&server, seconds).await,
+        ));
     }
     let mut raw = Vec::new();
     for nodes in [1usize, 3] {
         let nats = NatsCluster::start(nodes);
         let urls = nats.urls();
         let server = Server::start_with(&["--nats", &urls]).await;
-        let label = if nodes == 1 { "1 NATS node (R1)" } else { "3-node JetStream cluster (R3)" };
-        rows.push((format!("Refold on {label}"), measure(&server, seconds).await));
+        let label = if nodes == 1 {
+            "1 NATS node (R1)"
+        } else {
+            "3-node JetStream cluster (R3)"
+        };
+        rows.push((
+            format!("Refold on {label}"),
+            measure(&server, seconds).await,
+        ));
         drop(server);
         raw.push((label, raw_publish(&nats, nodes, seconds).await));
     }
@@ -142,7 +152,9 @@ async fn raw_publish(nats: &NatsCluster, replicas: usize, seconds: f64) -> f64 {
         .split(',')
         .map(|u| u.parse().expect("a URL"))
         .collect();
-    let client = async_nats::connect(urls.as_slice()).await.expect("NATS answers");
+    let client = async_nats::connect(urls.as_slice())
+        .await
+        .expect("NATS answers");
     let js = jetstream::new(client);
     js.create_stream(stream::Config {
         name: "RAW".into(),
@@ -160,7 +172,8 @@ async fn raw_publish(nats: &NatsCluster, replicas: usize, seconds: f64) -> f64 {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..CLIENTS {
-        let (js, stop, published, payload) = (js.clone(), stop.clone(), published.clone(), payload.clone());
+        let (js, stop, published, payload) =
+            (js.clone(), stop.clone(), published.clone(), payload.clone());
         tasks.push(tokio::spawn(async move {
             let mut last = [0u64; 16];
             let mut n = 0usize;

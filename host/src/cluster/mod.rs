@@ -161,7 +161,13 @@ async fn run(cluster: Arc<Cluster>, open: OpenRegistry, mut stopping: watch::Rec
         let modules = cluster
             .slot
             .current()
-            .map(|registry| registry.list().into_iter().map(|m| m.name.clone()).collect())
+            .map(|registry| {
+                registry
+                    .list()
+                    .into_iter()
+                    .map(|m| m.name.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         let record = HostRecord {
             id: cluster.id.clone(),
@@ -243,7 +249,10 @@ async fn tick(
         }
     };
     let taken = Instant::now();
-    tracing::info!(host = cluster.id, "took the modules lease: starting the modules here");
+    tracing::info!(
+        host = cluster.id,
+        "took the modules lease: starting the modules here"
+    );
     match start_modules(cluster, open).await {
         Ok(()) => {
             *cluster.holder.lock() = Some((cluster.id.clone(), cluster.address.clone()));

@@ -30,7 +30,9 @@ fn module_not_found(name: &str) -> ApiError {
 }
 
 fn find(app: &AppState, name: &str) -> Result<Arc<DeployedModule>, ApiError> {
-    app.modules()?.get(name).ok_or_else(|| module_not_found(name))
+    app.modules()?
+        .get(name)
+        .ok_or_else(|| module_not_found(name))
 }
 
 /// One version, as `GET /projections/{name}` and `/versions` show it.

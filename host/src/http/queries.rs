@@ -34,7 +34,9 @@ async fn version_caught_up(
     name: &str,
     consistency: &Consistency,
 ) -> Result<Arc<DeployedModule>, ApiError> {
-    let module = app.modules()?.resolve(name, consistency.version.as_deref())?;
+    let module = app
+        .modules()?
+        .resolve(name, consistency.version.as_deref())?;
     let Some(after) = params::u64_param("after", consistency.after.as_deref())? else {
         return Ok(module);
     };

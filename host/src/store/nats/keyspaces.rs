@@ -35,9 +35,9 @@ use parking_lot::Mutex;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+use super::Nats;
 use super::publish::{MAX_BATCH, Outgoing, PublishError, publish};
 use super::wire::{self, code, keyspace_of, state_subject};
-use super::Nats;
 use crate::store::{KeyIter, KeyValue, Keyspace, Keyspaces, SledStore, StoreError, Writes};
 
 /// The local keyspace recording how far this host applied the state stream.
@@ -292,8 +292,16 @@ impl Shared {
 
     /// The sequence and message id of the last message on `subject`.
     async fn last_of(&self, subject: &str) -> Option<(u64, String)> {
-        let message = self.state.get_last_raw_message_by_subject(subject).await.ok()?;
-        let id = message.headers.get(header::NATS_MESSAGE_ID)?.as_str().to_owned();
+        let message = self
+            .state
+            .get_last_raw_message_by_subject(subject)
+            .await
+            .ok()?;
+        let id = message
+            .headers
+            .get(header::NATS_MESSAGE_ID)?
+            .as_str()
+            .to_owned();
         Some((message.sequence, id))
     }
 
@@ -318,7 +326,11 @@ impl Shared {
         }
     }
 
-    fn record_applied(&self, sequence: u64, touched: &HashMap<String, u64>) -> Result<(), StoreError> {
+    fn record_applied(
+        &self,
+        sequence: u64,
+        touched: &HashMap<String, u64>,
+    ) -> Result<(), StoreError> {
         let mut writes = Writes::default();
         writes.put(APPLIED_KEY.to_vec(), sequence.to_be_bytes().to_vec());
         for (subject, at) in touched {
@@ -404,9 +416,15 @@ async fn apply_from(shared: &Arc<Shared>) -> anyhow::Result<()> {
         let mut complete = Vec::new();
         for message in chunk {
             let message = message?;
-            let sequence = message.info().map_err(|err| anyhow::anyhow!("{err}"))?.stream_sequence;
+            let sequence = message
+                .info()
+                .map_err(|err| anyhow::anyhow!("{err}"))?
+                .stream_sequence;
             if sequence != expected {
-                anyhow::bail!("the state stream jumped from {} to {sequence}", expected - 1);
+                anyhow::bail!(
+                    "the state stream jumped from {} to {sequence}",
+                    expected - 1
+                );
             }
             expected += 1;
             last = sequence;
@@ -415,7 +433,11 @@ async fn apply_from(shared: &Arc<Shared>) -> anyhow::Result<()> {
                 .headers
                 .as_ref()
                 .and_then(|h| h.get(PART_HEADER))
-                .and_then(|v| v.as_str().split_once('/').map(|(a, b)| (a.parse::<usize>(), b.parse::<usize>())))
+                .and_then(|v| {
+                    v.as_str()
+                        .split_once('/')
+                        .map(|(a, b)| (a.parse::<usize>(), b.parse::<usize>()))
+                })
                 .and_then(|(a, b)| Some((a.ok()?, b.ok()?)))
                 .unwrap_or((1, 1));
             let buffer = partial.entry(subject.clone()).or_default();
@@ -436,7 +458,8 @@ async fn apply_from(shared: &Arc<Shared>) -> anyhow::Result<()> {
                     tracing::warn!(subject, "a state subject that names no keyspace");
                     continue;
                 };
-                let change = decode(&payload).with_context(|| format!("a commit of {keyspace:?}"))?;
+                let change =
+                    decode(&payload).with_context(|| format!("a commit of {keyspace:?}"))?;
                 shared.apply(&keyspace, change)?;
             }
             shared.record_applied(last, &touched)?;

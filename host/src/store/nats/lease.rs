@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::HeaderMap;
+use async_nats::header;
 use async_nats::jetstream::stream::{
     Config, DiscardPolicy, LastRawMessageErrorKind, RetentionPolicy, StorageType,
 };
-use async_nats::header;
 use futures::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
 

@@ -85,7 +85,10 @@ impl NatsStore {
             .sync_copy()
             .await
             .context("copying the log from JetStream")?;
-        tracing::info!(head = store.head(), "the log's copy on this host is current");
+        tracing::info!(
+            head = store.head(),
+            "the log's copy on this host is current"
+        );
         Ok(store)
     }
 
@@ -223,7 +226,12 @@ impl Shared {
                 continue;
             }
             let first_revision = current.map_or(0, |r| r + 1);
-            let messages = outgoing(&stream, first_revision, end.map_or(0, |e| e.sequence), &events);
+            let messages = outgoing(
+                &stream,
+                first_revision,
+                end.map_or(0, |e| e.sequence),
+                &events,
+            );
             match publish(self.nats.client(), messages).await {
                 Ok(ack) if ack.duplicate => {
                     // A retry within the de-duplication window: the original is in the
@@ -310,12 +318,12 @@ impl Shared {
                     )
                 })
                 .collect();
-            publish(self.nats.client(), messages)
-                .await
-                .map_err(|err| StoreError::ImportMismatch {
+            publish(self.nats.client(), messages).await.map_err(|err| {
+                StoreError::ImportMismatch {
                     message: format!("JetStream refused the import: {err}"),
                     head: self.copy.head(),
-                })?;
+                }
+            })?;
         }
         self.sync_copy().await?;
         Ok(self.copy.head())
@@ -330,7 +338,10 @@ fn outgoing(
     expected_sequence: u64,
     events: &[ProposedEvent],
 ) -> Vec<Outgoing> {
-    let expected = (header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected_sequence);
+    let expected = (
+        header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+        expected_sequence,
+    );
     events
         .iter()
         .enumerate()

@@ -97,9 +97,7 @@ impl Nats {
             .urls
             .len()
             .max(1 + client.server_info().connect_urls.len());
-        let replicas = config
-            .replicas
-            .unwrap_or(if servers >= 3 { 3 } else { 1 });
+        let replicas = config.replicas.unwrap_or(if servers >= 3 { 3 } else { 1 });
         tracing::info!(%urls, servers, replicas, "connected to NATS JetStream");
         Ok(Self {
             client,
@@ -135,7 +133,12 @@ impl Nats {
             if let Ok(stream) = self.js.get_stream(&name).await {
                 let replicas = stream.cached_info().config.num_replicas;
                 if replicas != config.num_replicas {
-                    tracing::warn!(stream = name, replicas, wanted = config.num_replicas, "the stream exists with another number of replicas; using it as it is");
+                    tracing::warn!(
+                        stream = name,
+                        replicas,
+                        wanted = config.num_replicas,
+                        "the stream exists with another number of replicas; using it as it is"
+                    );
                 }
                 return Ok(stream);
             }
@@ -169,8 +172,8 @@ impl Nats {
                 .rsplit(':')
                 .next()
                 .is_some_and(|port| port == info.port.to_string());
-            let host_matches = address.starts_with(&format!("{}:", info.host))
-                || info.host == "0.0.0.0";
+            let host_matches =
+                address.starts_with(&format!("{}:", info.host)) || info.host == "0.0.0.0";
             out.push(ServerStatus {
                 url: url.clone(),
                 current: port_matches && host_matches,

@@ -56,7 +56,9 @@ pub(super) async fn publish(
     let batch = uuid::Uuid::new_v4().simple().to_string();
     for (index, mut message) in messages.into_iter().enumerate() {
         let sequence = index + 1;
-        message.headers.insert(header::NATS_BATCH_ID, batch.as_str());
+        message
+            .headers
+            .insert(header::NATS_BATCH_ID, batch.as_str());
         message
             .headers
             .insert(header::NATS_BATCH_SEQUENCE, sequence.to_string().as_str());

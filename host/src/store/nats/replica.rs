@@ -67,7 +67,10 @@ async fn copy_from(
             let info = message.info().map_err(|err| anyhow::anyhow!("{err}"))?;
             let sequence = info.stream_sequence;
             if sequence != expected {
-                anyhow::bail!("the log jumped from sequence {} to {sequence}", expected - 1);
+                anyhow::bail!(
+                    "the log jumped from sequence {} to {sequence}",
+                    expected - 1
+                );
             }
             // Recording times never go back, whichever JetStream leader stamped them: time
             // searches over the log rely on it.

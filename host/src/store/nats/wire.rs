@@ -133,7 +133,9 @@ pub(super) fn decode_event(
     stored_at_micros: i64,
 ) -> Result<RecordedEvent, StoreError> {
     let wire: WireEvent = serde_json::from_slice(payload).map_err(|err| {
-        StoreError::Corrupt(format!("the event at sequence {sequence} is unreadable: {err}"))
+        StoreError::Corrupt(format!(
+            "the event at sequence {sequence} is unreadable: {err}"
+        ))
     })?;
     Ok(RecordedEvent {
         id: wire.id,
