@@ -124,14 +124,7 @@ impl ClusterKeyspaces {
     /// # Errors
     /// JetStream does not answer, or the copy does not catch up within the timeout.
     pub async fn sync(&self) -> Result<(), StoreError> {
-        let last = self
-            .0
-            .state
-            .get_info()
-            .await
-            .map_err(|err| StoreError::Unavailable(format!("JetStream does not answer: {err}")))?
-            .state
-            .last_sequence;
+        let last = wire::last_sequence(&self.0.state).await?;
         self.0.applied_up_to(last).await
     }
 
@@ -264,10 +257,8 @@ impl Shared {
                             // The unanswered attempt may have landed: it did if, once this
                             // copy is current, the subject's last commit is the one this
                             // host made after `expected`.
-                            let info = self.state.get_info().await.map_err(|err| {
-                                StoreError::Unavailable(format!("JetStream does not answer: {err}"))
-                            })?;
-                            self.applied_up_to(info.state.last_sequence).await?;
+                            self.applied_up_to(wire::last_sequence(&self.state).await?)
+                                .await?;
                             if let Some((sequence, last_id)) = self.last_of(&subject).await {
                                 if last_id == format!("{id}#{}", parts.len() - 1) {
                                     self.fence.lock().insert(subject.clone(), sequence);

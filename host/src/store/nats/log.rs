@@ -117,13 +117,7 @@ impl Shared {
     /// Resolves once this host's copy holds every event JetStream had acknowledged when
     /// it was called (by any host).
     async fn sync_copy(&self) -> Result<(), StoreError> {
-        let last = self
-            .events
-            .get_info()
-            .await
-            .map_err(|err| StoreError::Unavailable(format!("JetStream does not answer: {err}")))?
-            .state
-            .last_sequence;
+        let last = wire::last_sequence(&self.events).await?;
         let mut head = self.copy.watch_head();
         let reached = tokio::time::timeout(SYNC_TIMEOUT, head.wait_for(|head| *head >= last)).await;
         match reached {

@@ -46,6 +46,17 @@ pub(super) fn append_only_stream(
     }
 }
 
+/// The sequence of the last message JetStream has stored in `stream` (asked of its leader).
+pub(super) async fn last_sequence(
+    stream: &async_nats::jetstream::stream::Stream,
+) -> Result<u64, StoreError> {
+    let info = stream
+        .get_info()
+        .await
+        .map_err(|err| StoreError::Unavailable(format!("JetStream does not answer: {err}")))?;
+    Ok(info.state.last_sequence)
+}
+
 /// Subject tokens may not hold `.`, `*`, `>` or whitespace; names are carried in URL-safe
 /// base64, which has none of them.
 pub(super) fn token_of(name: &str) -> String {
