@@ -97,10 +97,6 @@ impl NatsStore {
         &self.0.copy
     }
 
-    pub fn nats(&self) -> &Arc<Nats> {
-        &self.0.nats
-    }
-
     /// Stops following and closes the copy.
     pub async fn close(&self) {
         let _ = self.0.stop.send(true);

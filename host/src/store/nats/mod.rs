@@ -111,10 +111,6 @@ impl Nats {
         &self.client
     }
 
-    pub fn jetstream(&self) -> &jetstream::Context {
-        &self.js
-    }
-
     pub fn replicas(&self) -> usize {
         self.replicas
     }
