@@ -47,6 +47,17 @@ pub struct Cluster {
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+/// Where the modules run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModulesHome {
+    /// On this host.
+    Here,
+    /// On the host serving at this address.
+    At(String),
+    /// Nowhere yet: the cluster is starting, or the modules are moving.
+    Unknown,
+}
+
 /// `GET /cluster`.
 #[derive(Serialize)]
 pub struct ClusterStatus {
@@ -98,17 +109,15 @@ impl Cluster {
         &self.id
     }
 
-    /// Where module requests go: `None` when this host runs the modules (or nobody does
-    /// right now), else the address of the host that does.
-    pub fn forward_to(&self) -> Option<String> {
+    /// Where the modules run, as this host knows now.
+    pub fn modules_home(&self) -> ModulesHome {
         if self.slot.current().is_some() {
-            return None;
+            return ModulesHome::Here;
         }
-        self.holder
-            .lock()
-            .as_ref()
-            .filter(|(id, _)| *id != self.id)
-            .map(|(_, address)| address.clone())
+        match self.holder.lock().as_ref() {
+            Some((id, address)) if *id != self.id => ModulesHome::At(address.clone()),
+            _ => ModulesHome::Unknown,
+        }
     }
 
     /// # Errors
@@ -154,6 +163,7 @@ async fn run(cluster: Arc<Cluster>, open: OpenRegistry, mut stopping: watch::Rec
     let me = Holder {
         host: cluster.id.clone(),
         token: uuid::Uuid::new_v4().simple().to_string(),
+        address: cluster.address.clone(),
     };
     let mut held: Option<(Held, Instant)> = None;
     loop {
@@ -222,13 +232,17 @@ async fn tick(
     }
     match cluster.leases.holder(MODULES_LEASE).await {
         Ok(Some((holder, _))) => {
-            let address = cluster
-                .leases
-                .hosts()
-                .await
-                .ok()
-                .and_then(|hosts| hosts.into_iter().find(|h| h.id == holder.host))
-                .map(|h| h.address);
+            let address = if holder.address.is_empty() {
+                cluster
+                    .leases
+                    .hosts()
+                    .await
+                    .ok()
+                    .and_then(|hosts| hosts.into_iter().find(|h| h.id == holder.host))
+                    .map(|h| h.address)
+            } else {
+                Some(holder.address)
+            };
             if let Some(address) = address {
                 *cluster.holder.lock() = Some((holder.host, address));
             }

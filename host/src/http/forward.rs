@@ -6,16 +6,25 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use std::time::{Duration, Instant};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::cluster::ModulesHome;
 
 /// Marks a forwarded request, so that it is never forwarded twice.
 const FORWARDED: HeaderName = HeaderName::from_static("x-refold-forwarded");
 /// Largest request body forwarded (a module upload).
 const MAX_FORWARD_BYTES: usize = 256 * 1024 * 1024;
 
-/// Middleware: forwards `/projections…` requests when another host runs the modules.
+/// How long a module request waits for the modules to have a home (the cluster starting,
+/// or the modules moving after a host died) before it is answered 503.
+const WAIT_FOR_HOME: Duration = Duration::from_secs(10);
+/// How often it looks again meanwhile.
+const LOOK_AGAIN: Duration = Duration::from_millis(100);
+
+/// Middleware: forwards `/projections…` requests when another host runs the modules, and
+/// holds them for a while when no host does yet.
 pub async fn forward_module_requests(
     State(app): State<AppState>,
     request: Request,
@@ -26,41 +35,81 @@ pub async fn forward_module_requests(
     };
     if !request.uri().path().starts_with("/projections")
         || request.headers().contains_key(&FORWARDED)
+        || cluster.modules_home() == ModulesHome::Here
     {
         return next.run(request).await;
     }
-    let Some(target) = cluster.forward_to() else {
-        return next.run(request).await;
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_FORWARD_BYTES).await {
+        Ok(body) => body,
+        Err(err) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the request body could not be read: {err}"),
+            )
+            .into_response();
+        }
     };
-    match forward(&target, cluster.id(), request).await {
-        Ok(response) => response,
-        Err(message) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "modules_moving",
-            format!("the host running the modules ({target}) did not answer: {message}; retry in a few seconds"),
-        )
-        .into_response(),
+    let deadline = Instant::now() + WAIT_FOR_HOME;
+    loop {
+        let last_try = Instant::now() >= deadline;
+        match cluster.modules_home() {
+            ModulesHome::Here => {
+                return next.run(Request::from_parts(parts, Body::from(body))).await;
+            }
+            ModulesHome::At(target) => match forward(&target, cluster.id(), &parts, &body).await {
+                Ok((response, moving)) if last_try || !moving => return response,
+                Ok(_) => {}
+                Err(message) if last_try => {
+                    return ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "modules_moving",
+                        format!(
+                            "the host running the modules ({target}) did not answer: \
+                             {message}; retry in a few seconds"
+                        ),
+                    )
+                    .into_response();
+                }
+                Err(_) => {}
+            },
+            // Nobody runs them: the handler answers `modules_moving`.
+            ModulesHome::Unknown if last_try => {
+                return next.run(Request::from_parts(parts, Body::from(body))).await;
+            }
+            ModulesHome::Unknown => {}
+        }
+        tokio::time::sleep(LOOK_AGAIN).await;
     }
 }
 
-async fn forward(target: &str, me: &str, request: Request) -> Result<Response, String> {
+/// A host's answer that its modules are not (or no longer) running there.
+fn is_moving(status: StatusCode, body: &[u8]) -> bool {
+    status == StatusCode::SERVICE_UNAVAILABLE
+        && serde_json::from_slice::<serde_json::Value>(body)
+            .is_ok_and(|answer| answer["error"]["code"] == "modules_moving")
+}
+
+async fn forward(
+    target: &str,
+    me: &str,
+    parts: &axum::http::request::Parts,
+    body: &axum::body::Bytes,
+) -> Result<(Response, bool), String> {
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
     let client = CLIENT.get_or_init(reqwest::Client::new);
-    let (parts, body) = request.into_parts();
     let path = parts
         .uri
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    let body = axum::body::to_bytes(body, MAX_FORWARD_BYTES)
-        .await
-        .map_err(|err| err.to_string())?;
     let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
         .map_err(|err| err.to_string())?;
     let mut outgoing = client
         .request(method, format!("http://{target}{path}"))
         .header(FORWARDED.as_str(), me)
-        .body(body);
+        .body(body.clone());
     for (name, value) in &parts.headers {
         if name != axum::http::header::HOST && name != axum::http::header::CONTENT_LENGTH {
             outgoing = outgoing.header(name.as_str(), value.as_bytes());
@@ -77,6 +126,7 @@ async fn forward(target: &str, me: &str, request: Request) -> Result<Response, S
         .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
         .collect();
     let bytes = answer.bytes().await.map_err(|err| err.to_string())?;
+    let moving = is_moving(status, &bytes);
     let mut response = Response::new(Body::from(bytes));
     *response.status_mut() = status;
     for (name, value) in headers {
@@ -87,5 +137,5 @@ async fn forward(target: &str, me: &str, request: Request) -> Result<Response, S
             response.headers_mut().append(name, value);
         }
     }
-    Ok(response)
+    Ok((response, moving))
 }

@@ -41,6 +41,9 @@ pub struct Holder {
     pub host: String,
     /// Unique per acquisition, so a restarted host does not mistake an old lease for its own.
     pub token: String,
+    /// Where the holder serves HTTP (empty in leases written before hosts said so).
+    #[serde(default)]
+    pub address: String,
 }
 
 /// What a host publishes about itself.
