@@ -30,6 +30,8 @@
 pub mod cli;
 pub mod cluster;
 pub mod engine;
+pub mod groups;
+pub mod hosted;
 pub mod http;
 pub mod memory;
 pub mod metrics;

@@ -13,11 +13,13 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::cluster::{Cluster, OpenRegistry};
+use crate::cluster::{Cluster, OpenHosted};
 use crate::engine::{ModuleLimits, WasmEngine};
+use crate::groups::ConsumerGroups;
+use crate::hosted::{Hosted, HostedSlot};
 use crate::http::auth::Tokens;
 use crate::http::{self, AppState, Limits};
-use crate::modules::{Activation, ModuleRegistry, ModuleSettings, RegistrySlot};
+use crate::modules::{Activation, ModuleRegistry, ModuleSettings};
 use crate::store::nats::{ClusterKeyspaces, Nats, NatsConfig, NatsStore};
 use crate::store::{EventLog, EventStore, Keyspaces, SledStore, StoreConfig};
 
@@ -77,7 +79,7 @@ pub struct RunningServer {
     /// Where it listens.
     pub address: SocketAddr,
     pub store: Arc<dyn EventStore>,
-    pub modules: Arc<RegistrySlot>,
+    pub hosted: Arc<HostedSlot>,
     backend: Backend,
     shutdown: watch::Sender<bool>,
     serving: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -95,10 +97,10 @@ impl RunningServer {
         self.serving.await.context("the server task")??;
         match self.backend {
             Backend::Embedded(store) => {
-                let modules = self.modules;
+                let hosted = self.hosted;
                 tokio::task::spawn_blocking(move || {
-                    if let Some(registry) = modules.replace(None) {
-                        registry.shutdown();
+                    if let Some(hosted) = hosted.replace(None) {
+                        hosted.shutdown();
                     }
                     store.close();
                 })
@@ -144,7 +146,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<RunningServer> {
     let mut store_config = StoreConfig::new(config.data_dir.join("store"));
     store_config.cache_bytes = config.cache_bytes;
     let engine = Arc::new(WasmEngine::new().context("configuring the WebAssembly engine")?);
-    let open_registry = {
+    let open_hosted = {
         let compiled_dir = config.data_dir.join("compiled");
         let module_limits = config.module_limits.clone();
         let keep_versions = config.keep_versions;
@@ -152,28 +154,30 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<RunningServer> {
         move |log: Arc<dyn EventLog>, keyspaces: Arc<dyn Keyspaces>| {
             let modules = ModuleRegistry::open(
                 engine.clone(),
-                log,
-                keyspaces,
+                log.clone(),
+                keyspaces.clone(),
                 compiled_dir.clone(),
                 module_limits.clone(),
                 keep_versions,
             )
             .context("loading the deployed modules")?;
             deploy_at_start(&modules, &deploy)?;
-            anyhow::Ok(modules)
+            let groups = ConsumerGroups::open(log, keyspaces.as_ref())
+                .context("loading the consumer groups")?;
+            anyhow::Ok(Hosted { modules, groups })
         }
     };
-    let slot = Arc::new(RegistrySlot::default());
+    let slot = Arc::new(HostedSlot::default());
     let (store, backend, cluster): (Arc<dyn EventStore>, Backend, _) = match config.cluster.take() {
         None => {
-            let (store, modules) = tokio::task::spawn_blocking(move || {
+            let (store, hosted) = tokio::task::spawn_blocking(move || {
                 let store = Arc::new(SledStore::open(&store_config)?);
-                let modules = open_registry(store.clone(), store.clone())?;
-                anyhow::Ok((store, modules))
+                let hosted = open_hosted(store.clone(), store.clone())?;
+                anyhow::Ok((store, hosted))
             })
             .await
             .context("opening the store")??;
-            slot.replace(Some(modules));
+            slot.replace(Some(Arc::new(hosted)));
             (store.clone(), Backend::Embedded(store), None)
         }
         Some(cluster_config) => {
@@ -196,10 +200,10 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<RunningServer> {
                 .host_id
                 .clone()
                 .unwrap_or_else(|| format!("refold-{}", advertise.replace([':', '.'], "-")));
-            let open: OpenRegistry = {
+            let open: OpenHosted = {
                 let log: Arc<dyn EventLog> = store.clone();
                 let keyspaces: Arc<dyn Keyspaces> = Arc::new(keyspaces.clone());
-                Arc::new(move || open_registry(log.clone(), keyspaces.clone()))
+                Arc::new(move || open_hosted(log.clone(), keyspaces.clone()))
             };
             let cluster =
                 Cluster::join(id, advertise, nats, keyspaces.clone(), slot.clone(), open).await?;
@@ -217,7 +221,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<RunningServer> {
     let (shutdown, mut stopping) = watch::channel(false);
     let app = http::router(AppState {
         store: store.clone(),
-        modules: slot.clone(),
+        hosted: slot.clone(),
         address: address.to_string(),
         cluster,
         limits: config.limits,
@@ -238,7 +242,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<RunningServer> {
     Ok(RunningServer {
         address,
         store,
-        modules: slot,
+        hosted: slot,
         backend,
         shutdown,
         serving,

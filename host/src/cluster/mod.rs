@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::modules::{ModuleRegistry, RegistrySlot};
+use crate::hosted::{Hosted, HostedSlot};
 use crate::store::nats::lease::{Held, Holder, HostRecord, Leases};
 use crate::store::nats::{ClusterKeyspaces, Nats};
 
@@ -30,8 +30,8 @@ const ALIVE_WITHIN: Duration = Duration::from_secs(5);
 /// How long a host record is kept.
 const RECORD_TTL: Duration = Duration::from_secs(3600);
 
-/// Opens the module registry when this host takes the modules lease.
-pub type OpenRegistry = Arc<dyn Fn() -> anyhow::Result<Arc<ModuleRegistry>> + Send + Sync>;
+/// Opens the modules and consumer groups when this host takes the modules lease.
+pub type OpenHosted = Arc<dyn Fn() -> anyhow::Result<Hosted> + Send + Sync>;
 
 /// This host's place in the cluster.
 pub struct Cluster {
@@ -40,7 +40,7 @@ pub struct Cluster {
     nats: Arc<Nats>,
     leases: Leases,
     keyspaces: ClusterKeyspaces,
-    slot: Arc<RegistrySlot>,
+    slot: Arc<HostedSlot>,
     /// Who runs the modules, as last seen: (host id, address).
     holder: Mutex<Option<(String, String)>>,
     stop: watch::Sender<bool>,
@@ -84,8 +84,8 @@ impl Cluster {
         address: String,
         nats: Arc<Nats>,
         keyspaces: ClusterKeyspaces,
-        slot: Arc<RegistrySlot>,
-        open: OpenRegistry,
+        slot: Arc<HostedSlot>,
+        open: OpenHosted,
     ) -> anyhow::Result<Arc<Self>> {
         let leases = Leases::open(nats.clone()).await?;
         let (stop, stopping) = watch::channel(false);
@@ -159,7 +159,7 @@ impl Cluster {
 
 /// The lease loop: renew or take the modules lease, start or stop the modules here
 /// accordingly, and publish this host's record.
-async fn run(cluster: Arc<Cluster>, open: OpenRegistry, mut stopping: watch::Receiver<bool>) {
+async fn run(cluster: Arc<Cluster>, open: OpenHosted, mut stopping: watch::Receiver<bool>) {
     let me = Holder {
         host: cluster.id.clone(),
         token: uuid::Uuid::new_v4().simple().to_string(),
@@ -170,7 +170,7 @@ async fn run(cluster: Arc<Cluster>, open: OpenRegistry, mut stopping: watch::Rec
         held = tick(&cluster, &open, &me, held).await;
         let modules = cluster
             .slot
-            .current()
+            .modules()
             .map(|registry| {
                 registry
                     .list()
@@ -209,7 +209,7 @@ async fn run(cluster: Arc<Cluster>, open: OpenRegistry, mut stopping: watch::Rec
 
 async fn tick(
     cluster: &Arc<Cluster>,
-    open: &OpenRegistry,
+    open: &OpenHosted,
     me: &Holder,
     held: Option<(Held, Instant)>,
 ) -> Option<(Held, Instant)> {
@@ -292,7 +292,7 @@ async fn tick(
     }
 }
 
-async fn start_modules(cluster: &Arc<Cluster>, open: &OpenRegistry) -> anyhow::Result<()> {
+async fn start_modules(cluster: &Arc<Cluster>, open: &OpenHosted) -> anyhow::Result<()> {
     cluster
         .keyspaces
         .sync()
@@ -301,13 +301,13 @@ async fn start_modules(cluster: &Arc<Cluster>, open: &OpenRegistry) -> anyhow::R
     cluster.keyspaces.begin_writing();
     let open = open.clone();
     let registry = tokio::task::spawn_blocking(move || open()).await??;
-    cluster.slot.replace(Some(registry));
+    cluster.slot.replace(Some(Arc::new(registry)));
     Ok(())
 }
 
 async fn stop_modules(cluster: &Arc<Cluster>) {
-    if let Some(registry) = cluster.slot.replace(None) {
-        let _ = tokio::task::spawn_blocking(move || registry.shutdown()).await;
+    if let Some(hosted) = cluster.slot.replace(None) {
+        let _ = tokio::task::spawn_blocking(move || hosted.shutdown()).await;
     }
     *cluster.holder.lock() = None;
 }

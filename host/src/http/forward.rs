@@ -1,5 +1,5 @@
-//! Module requests that reach a host not running the modules are forwarded to the host
-//! that does, and its answer returned as it is.
+//! Requests for modules and consumer groups that reach a host not running them are
+//! forwarded to the host that does, and its answer returned as it is.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -33,7 +33,7 @@ pub async fn forward_module_requests(
     let Some(cluster) = app.cluster.as_ref() else {
         return next.run(request).await;
     };
-    if !request.uri().path().starts_with("/projections")
+    if !is_hosted_path(request.uri().path())
         || request.headers().contains_key(&FORWARDED)
         || cluster.modules_home() == ModulesHome::Here
     {
@@ -82,6 +82,14 @@ pub async fn forward_module_requests(
         }
         tokio::time::sleep(LOOK_AGAIN).await;
     }
+}
+
+/// Whether a path is served by the host running the modules and consumer groups.
+fn is_hosted_path(path: &str) -> bool {
+    ["/projections", "/subscriptions"].iter().any(|prefix| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
 }
 
 /// A host's answer that its modules are not (or no longer) running there.

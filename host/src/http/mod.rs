@@ -16,6 +16,7 @@ mod queries;
 mod render;
 mod routes;
 mod subscribe;
+mod subscriptions;
 
 use std::sync::Arc;
 
@@ -31,8 +32,10 @@ use tokio::sync::watch;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::groups::ConsumerGroups;
+use crate::hosted::HostedSlot;
 use crate::metrics::Metrics;
-use crate::modules::{ModuleRegistry, RegistrySlot};
+use crate::modules::ModuleRegistry;
 use crate::store::{EventLog, EventStore};
 use error::ApiError;
 
@@ -64,7 +67,8 @@ impl Default for Limits {
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn EventStore>,
-    pub modules: Arc<RegistrySlot>,
+    /// The modules and consumer groups, when this host runs them.
+    pub hosted: Arc<HostedSlot>,
     /// Where this host listens (as other hosts reach it, in cluster mode).
     pub address: String,
     /// Cluster mode: this host's place in the cluster (`None` on a single node).
@@ -111,14 +115,27 @@ impl AppState {
     /// # Errors
     /// 503 `modules_moving` while the modules move to another host (cluster mode).
     pub fn modules(&self) -> Result<Arc<ModuleRegistry>, ApiError> {
-        self.modules.current().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "modules_moving",
-                "the modules are moving to another host of the cluster; retry in a few seconds",
-            )
-        })
+        self.hosted.modules().ok_or_else(moving)
     }
+
+    /// The consumer groups, if this host runs them now.
+    ///
+    /// # Errors
+    /// 503 `modules_moving` while they move to another host (cluster mode).
+    pub fn groups(&self) -> Result<Arc<ConsumerGroups>, ApiError> {
+        self.hosted
+            .current()
+            .map(|hosted| hosted.groups.clone())
+            .ok_or_else(moving)
+    }
+}
+
+fn moving() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "modules_moving",
+        "the modules are moving to another host of the cluster; retry in a few seconds",
+    )
 }
 
 /// The whole API, built from [`routes::table`].
@@ -219,10 +236,14 @@ mod tests {
             1,
         )
         .unwrap();
+        let groups = ConsumerGroups::open(store.clone(), store.as_ref()).unwrap();
         let (_shutdown_tx, shutdown) = watch::channel(false);
         let mut app = router(AppState {
             store: store.clone(),
-            modules: Arc::new(RegistrySlot::holding(modules)),
+            hosted: Arc::new(HostedSlot::holding(crate::hosted::Hosted {
+                modules,
+                groups,
+            })),
             address: "127.0.0.1:0".into(),
             cluster: None,
             limits: Limits::default(),

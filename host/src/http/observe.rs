@@ -57,7 +57,7 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     m.append_latency
         .render(&mut out, "refold_append_duration_seconds", "");
 
-    let modules = app.modules.current().map(|m| m.list()).unwrap_or_default();
+    let modules = app.hosted.modules().map(|m| m.list()).unwrap_or_default();
     let per_module: [(&str, &str, &str); 5] = [
         (
             "refold_module_checkpoint",
@@ -129,8 +129,8 @@ pub async fn openapi(State(app): State<AppState>) -> Json<Value> {
 pub async fn cluster(State(app): State<AppState>) -> Result<Response, ApiError> {
     let Some(cluster) = app.cluster.as_ref() else {
         let modules: Vec<String> = app
-            .modules
-            .current()
+            .hosted
+            .modules()
             .map(|m| m.list().into_iter().map(|m| m.name.clone()).collect())
             .unwrap_or_default();
         return Ok(Json(json!({

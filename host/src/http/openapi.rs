@@ -70,6 +70,9 @@ pub fn document(endpoints: &[&Endpoint]) -> Value {
                 let ndjson = json!({"schema": {"type": "string", "description": "one recorded event (as `GET /all` shows it) per line"}});
                 operation["requestBody"] = json!({"required": true, "content": {"application/x-ndjson": ndjson, "text/plain": ndjson}});
             }
+            Body::Json(description) => {
+                operation["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"type": "object", "description": description}}}});
+            }
             Body::Wasm => {
                 operation["requestBody"] = json!({"required": true, "content": {"application/wasm": {"schema": {"type": "string", "format": "binary"}}}});
             }

@@ -7,7 +7,7 @@ use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, post, put};
 
 use super::auth::{Access, Role};
-use super::{AppState, backup, events, observe, projections, queries, subscribe};
+use super::{AppState, backup, events, observe, projections, queries, subscribe, subscriptions};
 
 /// What a request carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,6 +19,8 @@ pub enum Body {
     Wasm,
     /// Recorded events, one JSON object per line (a backup).
     RecordedEvents,
+    /// A JSON object, as described.
+    Json(&'static str),
 }
 
 /// What a successful response is.
@@ -475,6 +477,147 @@ pub fn table() -> Vec<(Endpoint, MethodRouter<AppState>)> {
                 ],
             ),
             post(projections::action),
+        ),
+        (
+            endpoint(
+                M::GET,
+                "/subscriptions",
+                READ,
+                "All consumer groups, with their progress",
+                &[],
+                &[(200, "the groups")],
+            ),
+            get(subscriptions::list),
+        ),
+        (
+            Endpoint {
+                body: Body::Json(
+                    "group settings: source (\"all\", {\"stream\": s} or {\"category\": c}), types, from (\"start\", \"end\" or a position), ack_timeout_ms, max_deliveries, ordering (\"none\" or \"stream\")",
+                ),
+                ..endpoint(
+                    M::PUT,
+                    "/subscriptions/{group}",
+                    ADMIN,
+                    "Create a consumer group, or update its settings (where it starts is fixed at creation)",
+                    &[],
+                    &[
+                        (200, "updated"),
+                        (201, "created"),
+                        (400, "invalid_json, invalid_settings or invalid_group_name"),
+                    ],
+                )
+            },
+            put(subscriptions::put),
+        ),
+        (
+            endpoint(
+                M::GET,
+                "/subscriptions/{group}",
+                READ,
+                "One consumer group: settings, position, lag, in flight, parked, counters per worker",
+                &[],
+                &[(200, "the group"), (404, "group_not_found")],
+            ),
+            get(subscriptions::get),
+        ),
+        (
+            endpoint(
+                M::DELETE,
+                "/subscriptions/{group}",
+                ADMIN,
+                "Remove a consumer group, its progress and parked events",
+                &[],
+                &[(200, "removed"), (404, "group_not_found")],
+            ),
+            delete(subscriptions::delete),
+        ),
+        (
+            endpoint(
+                M::POST,
+                "/subscriptions/{group}/poll",
+                READ,
+                "Lease events of the group, waiting for at least one up to wait_ms",
+                params!(
+                    "max" => "most events (1 to 1000, default 100)",
+                    "wait_ms" => "how long to wait for an event (0 to 30000, default 0)",
+                    "worker" => "the worker's name, for its counters"
+                ),
+                &[
+                    (
+                        200,
+                        "{\"messages\": [{\"lease\", \"delivery\", \"event\"}]}",
+                    ),
+                    (400, "bad query"),
+                    (404, "group_not_found"),
+                ],
+            ),
+            post(subscriptions::poll),
+        ),
+        (
+            Endpoint {
+                body: Body::Json("{\"leases\": [\"<lease>\", ...]}"),
+                ..endpoint(
+                    M::POST,
+                    "/subscriptions/{group}/ack",
+                    READ,
+                    "Acknowledge leased events: settled, durable when answered",
+                    &[],
+                    &[
+                        (200, "{\"acked\", \"expired\": [leases no longer valid]}"),
+                        (400, "invalid_json or invalid_body"),
+                        (404, "group_not_found"),
+                    ],
+                )
+            },
+            post(subscriptions::ack),
+        ),
+        (
+            Endpoint {
+                body: Body::Json(
+                    "{\"leases\": [...], \"action\": \"retry\" | \"park\" | \"skip\", \"reason\": \"<text>\"}",
+                ),
+                ..endpoint(
+                    M::POST,
+                    "/subscriptions/{group}/nack",
+                    READ,
+                    "Give leased events back: deliver again, park, or skip",
+                    &[],
+                    &[
+                        (200, "{\"nacked\", \"expired\"}"),
+                        (400, "invalid_json or invalid_body"),
+                        (404, "group_not_found"),
+                    ],
+                )
+            },
+            post(subscriptions::nack),
+        ),
+        (
+            endpoint(
+                M::GET,
+                "/subscriptions/{group}/parked",
+                READ,
+                "Parked events, with why and after how many deliveries",
+                params!(
+                    "from" => "first position to list (the `next` of the previous page)",
+                    "limit" => "most events (1 to 10000, default 100)"
+                ),
+                &[
+                    (200, "{\"parked\": [...], \"next\"}"),
+                    (404, "group_not_found"),
+                ],
+            ),
+            get(subscriptions::parked),
+        ),
+        (
+            endpoint(
+                M::POST,
+                "/subscriptions/{group}/parked/replay",
+                ADMIN,
+                "Put every parked event back for delivery, delivery counts reset",
+                &[],
+                &[(200, "{\"replayed\"}"), (404, "group_not_found")],
+            ),
+            post(subscriptions::replay_parked),
         ),
     ]
 }

@@ -33,8 +33,6 @@ pub use history::{PastState, Point};
 pub use model::{
     Counters, Fault, FaultPolicy, ModuleSettings, Progress, Rebuild, Status, validate_name,
 };
-pub use registry::{
-    Activation, Deployed, ModuleRegistry, REPLAY_TTL, RegistrySlot, Role, VersionView,
-};
+pub use registry::{Activation, Deployed, ModuleRegistry, REPLAY_TTL, Role, VersionView};
 pub use verify::Verification;
 pub use version::{DeployedModule, Identity};

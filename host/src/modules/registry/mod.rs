@@ -660,24 +660,3 @@ fn housekeeping(registry: &Weak<ModuleRegistry>, inbox: &Receiver<Notice>) {
         }
     }
 }
-
-/// Where the HTTP layer finds the module registry: always there on a single node; in
-/// cluster mode only on the host that holds the modules lease, and empty while the
-/// modules move between hosts.
-#[derive(Default)]
-pub struct RegistrySlot(parking_lot::RwLock<Option<Arc<ModuleRegistry>>>);
-
-impl RegistrySlot {
-    pub fn holding(registry: Arc<ModuleRegistry>) -> Self {
-        Self(parking_lot::RwLock::new(Some(registry)))
-    }
-
-    pub fn current(&self) -> Option<Arc<ModuleRegistry>> {
-        self.0.read().clone()
-    }
-
-    /// Puts `registry` in (or empties the slot); returns what was there.
-    pub fn replace(&self, registry: Option<Arc<ModuleRegistry>>) -> Option<Arc<ModuleRegistry>> {
-        std::mem::replace(&mut *self.0.write(), registry)
-    }
-}
