@@ -11,6 +11,7 @@ mod concurrency;
 mod console;
 mod crash;
 mod errors;
+mod groups;
 mod languages;
 mod modules;
 mod openapi;

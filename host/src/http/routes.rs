@@ -603,6 +603,7 @@ pub fn table() -> Vec<(Endpoint, MethodRouter<AppState>)> {
                 ),
                 &[
                     (200, "{\"parked\": [...], \"next\"}"),
+                    (400, "bad query"),
                     (404, "group_not_found"),
                 ],
             ),
