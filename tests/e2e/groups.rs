@@ -193,6 +193,22 @@ async fn three_workers_share_a_group_and_a_dead_workers_leases_go_to_the_others(
     assert_eq!(status["acked"], EVENTS as u64);
     assert_eq!(status["delivered"], EVENTS as u64 + 100);
     assert_eq!(status["workers"].as_array().unwrap().len(), 3, "{status}");
+    let metrics = server
+        .client
+        .get(server.path("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        format!("refold_group_acked_total{{group=\"inventory\"}} {EVENTS}"),
+        "refold_group_lag{group=\"inventory\"} 0".to_owned(),
+        "refold_group_worker_acked_total{group=\"inventory\",worker=\"worker-2\"} 1900".to_owned(),
+    ] {
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -687,4 +703,63 @@ async fn bad_group_requests_get_clear_errors() {
     assert_eq!(body["acked"], 0);
     assert_eq!(body["expired"].as_array().unwrap().len(), 3);
     assert_eq!(ack(&server, "g", &leases_of(&mine)).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_cli_creates_lists_and_consumes_a_group() {
+    let server = Server::start().await;
+    for n in 0..3 {
+        server
+            .append_ok(
+                &format!("order-{n}"),
+                &event("OrderPlaced", json!({"n": n})),
+            )
+            .await;
+    }
+    let out = server.cli(&[
+        "group",
+        "create",
+        "shipping",
+        "--source",
+        "category:order",
+        "--ordering",
+        "stream",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = server.cli(&[
+        "group", "consume", "shipping", "--count", "2", "--worker", "cli-test",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(printed.lines().count(), 2, "{printed}");
+    assert!(
+        printed.contains("order-0") && printed.contains("order-1"),
+        "{printed}"
+    );
+    let out = server.cli(&[
+        "group", "consume", "shipping", "--count", "1", "--nack", "park",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = server.cli(&["group", "ls", "--json"]);
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let group = &listed["subscriptions"][0];
+    assert_eq!(group["group"], "shipping");
+    assert_eq!(group["acked"], 2);
+    assert_eq!(group["parked"], 1);
+    assert_eq!(group["position"], 3);
+    let out = server.cli(&["group", "show", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("group_not_found"));
 }

@@ -18,7 +18,7 @@ pub fn use_token(token: &str) {
 }
 
 /// The HTTP client of every command, carrying the token.
-fn http() -> reqwest::Client {
+pub(super) fn http() -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = TOKEN.get() {
         if let Ok(mut value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
@@ -50,7 +50,7 @@ fn parse_json(what: &str, text: &str) -> anyhow::Result<Value> {
 }
 
 /// Percent-encodes a path segment (stream names may hold `/`, spaces, anything).
-fn segment(raw: &str) -> String {
+pub(super) fn segment(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     for byte in raw.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
@@ -66,7 +66,10 @@ fn segment(raw: &str) -> String {
 ///
 /// # Errors
 /// The server cannot be reached.
-async fn send(server: &str, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+pub(super) async fn send(
+    server: &str,
+    request: reqwest::RequestBuilder,
+) -> anyhow::Result<reqwest::Response> {
     request
         .send()
         .await
@@ -180,7 +183,7 @@ async fn follow_rebuild(server: &str, name: &str, version: &str) -> anyhow::Resu
     }
 }
 
-async fn print_response(response: reqwest::Response) -> anyhow::Result<()> {
+pub(super) async fn print_response(response: reqwest::Response) -> anyhow::Result<()> {
     print_json(response).await.map(|_| ())
 }
 
@@ -193,7 +196,7 @@ async fn print_json(response: reqwest::Response) -> anyhow::Result<Value> {
 
 /// The server's JSON answer. An error status is an error carrying the server's message and
 /// code (with `--json`, the error body is printed first).
-async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
+pub(super) async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
     let status = response.status();
     let body: Value = response
         .json()
@@ -214,7 +217,11 @@ async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
 }
 
 /// GETs `url` with `query` and returns the JSON answer.
-async fn get(server: &str, url: String, query: &[(&str, String)]) -> anyhow::Result<Value> {
+pub(super) async fn get(
+    server: &str,
+    url: String,
+    query: &[(&str, String)],
+) -> anyhow::Result<Value> {
     let response = send(server, http().get(url).query(query)).await?;
     answer(response).await
 }

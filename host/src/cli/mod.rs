@@ -2,6 +2,7 @@
 //! running server (`--server`, or `REFOLD_SERVER`).
 
 mod client;
+mod groups;
 mod output;
 mod serve;
 
@@ -204,6 +205,13 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Consumer groups: create, list, show, remove, consume, parked events.
+    Group {
+        #[command(subcommand)]
+        action: groups::GroupAction,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Read a stream, or the global log with --all.
     Read {
         /// The stream to read (omit with --all).
@@ -241,7 +249,8 @@ impl Command {
             | Command::Diff { server, .. }
             | Command::Activate { server, .. }
             | Command::Projections { server, .. }
-            | Command::State { server, .. } => server,
+            | Command::State { server, .. }
+            | Command::Group { server, .. } => server,
             Command::Serve(_) | Command::Token { .. } | Command::Completions { .. } => {
                 return None;
             }
@@ -311,6 +320,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             count,
             server,
         } => client::tail(&server.server, stream.as_deref(), from, count).await,
+        Command::Group { action, server } => groups::run(&server.server, action).await,
         Command::Export { out, server } => client::export(&server.server, out.as_deref()).await,
         Command::Import {
             file,

@@ -30,7 +30,7 @@ use crate::store::{
 use progress::Progress;
 pub use settings::{GroupSettings, MAX_POLL, MAX_WAIT_MS, Source, Start};
 use state::GroupState;
-pub use state::{Delivery, NackAction, Parked, Settled};
+pub use state::{Delivery, NackAction, Parked, Settled, WorkerCounters};
 
 /// The keyspace holding every group.
 const KEYSPACE: &str = "consumer-groups";
@@ -437,17 +437,39 @@ impl ConsumerGroups {
         parked_any
     }
 
-    /// A group as `GET /subscriptions/{group}` shows it.
-    pub fn status(&self, group: &Group) -> Value {
+    /// A group's figures now.
+    pub fn snapshot(&self, group: &Group) -> GroupSnapshot {
         let head = self.log.head();
         let state = group.state.lock();
+        let mut workers: Vec<(String, WorkerCounters)> = state
+            .workers
+            .iter()
+            .map(|(name, counters)| (name.to_string(), counters.clone()))
+            .collect();
+        workers.sort_by(|a, b| a.0.cmp(&b.0));
+        let position = state.position();
+        GroupSnapshot {
+            settings: state.settings.clone(),
+            position,
+            lag: head.saturating_sub(position),
+            in_flight: state.in_flight(),
+            parked: state.parked_count(),
+            delivered: state.delivered,
+            acked: state.acked,
+            workers,
+        }
+    }
+
+    /// A group as `GET /subscriptions/{group}` shows it.
+    pub fn status(&self, group: &Group) -> Value {
+        let s = self.snapshot(group);
         let now = Instant::now();
-        let mut workers: Vec<Value> = state
+        let workers: Vec<Value> = s
             .workers
             .iter()
             .map(|(name, c)| {
                 json!({
-                    "worker": name.as_ref(),
+                    "worker": name,
                     "delivered": c.delivered,
                     "acked": c.acked,
                     "nacked": c.nacked,
@@ -456,19 +478,31 @@ impl ConsumerGroups {
                 })
             })
             .collect();
-        workers.sort_by(|a, b| a["worker"].as_str().cmp(&b["worker"].as_str()));
-        let position = state.position();
-        let mut value = state.settings.to_json();
+        let mut value = s.settings.to_json();
         value["group"] = json!(group.name);
-        value["position"] = json!(position);
-        value["lag"] = json!(head.saturating_sub(position));
-        value["in_flight"] = json!(state.in_flight());
-        value["parked"] = json!(state.parked_count());
-        value["delivered"] = json!(state.delivered);
-        value["acked"] = json!(state.acked);
+        value["position"] = json!(s.position);
+        value["lag"] = json!(s.lag);
+        value["in_flight"] = json!(s.in_flight);
+        value["parked"] = json!(s.parked);
+        value["delivered"] = json!(s.delivered);
+        value["acked"] = json!(s.acked);
         value["workers"] = Value::Array(workers);
         value
     }
+}
+
+/// A group's figures at one moment.
+pub struct GroupSnapshot {
+    pub settings: GroupSettings,
+    pub position: GlobalPosition,
+    /// Log events after the group's position.
+    pub lag: u64,
+    pub in_flight: usize,
+    pub parked: usize,
+    pub delivered: u64,
+    pub acked: u64,
+    /// Per worker, by name.
+    pub workers: Vec<(String, WorkerCounters)>,
 }
 
 impl Group {

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::groups::{ConsumerGroups, GroupSnapshot, WorkerCounters};
 use crate::metrics::{header as help, label};
 use crate::modules::Status;
 
@@ -117,7 +118,99 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
             &labels,
         );
     }
+    if let Ok(groups) = app.groups() {
+        render_groups(&mut out, &groups);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// Consumer groups: progress per group, counters per group and per worker.
+fn render_groups(out: &mut String, groups: &ConsumerGroups) {
+    let snapshots: Vec<_> = groups
+        .list()
+        .iter()
+        .map(|group| (label(&group.name), groups.snapshot(group)))
+        .collect();
+    let per_group: [(&str, &str, &str, fn(&GroupSnapshot) -> u64); 6] = [
+        (
+            "refold_group_position",
+            "gauge",
+            "Every event before this position is settled.",
+            |s| s.position,
+        ),
+        (
+            "refold_group_lag",
+            "gauge",
+            "Log events after the group's position.",
+            |s| s.lag,
+        ),
+        (
+            "refold_group_in_flight",
+            "gauge",
+            "Events leased and not yet acked.",
+            |s| s.in_flight as u64,
+        ),
+        ("refold_group_parked", "gauge", "Events parked.", |s| {
+            s.parked as u64
+        }),
+        (
+            "refold_group_delivered_total",
+            "counter",
+            "Deliveries to workers.",
+            |s| s.delivered,
+        ),
+        (
+            "refold_group_acked_total",
+            "counter",
+            "Events acked.",
+            |s| s.acked,
+        ),
+    ];
+    for (name, kind, text, value) in per_group {
+        help(out, name, kind, text);
+        for (group, snapshot) in &snapshots {
+            *out += &format!("{name}{{group=\"{group}\"}} {}\n", value(snapshot));
+        }
+    }
+    let per_worker: [(&str, &str, fn(&WorkerCounters) -> u64); 4] = [
+        (
+            "refold_group_worker_delivered_total",
+            "Deliveries to the worker since the server started.",
+            |c| c.delivered,
+        ),
+        (
+            "refold_group_worker_acked_total",
+            "Events the worker acked since the server started.",
+            |c| c.acked,
+        ),
+        (
+            "refold_group_worker_nacked_total",
+            "Events the worker nacked since the server started.",
+            |c| c.nacked,
+        ),
+        (
+            "refold_group_worker_in_flight",
+            "Events leased to the worker and not yet settled.",
+            |c| c.in_flight,
+        ),
+    ];
+    for (name, text, value) in per_worker {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        help(out, name, kind, text);
+        for (group, snapshot) in &snapshots {
+            for (worker, counters) in &snapshot.workers {
+                *out += &format!(
+                    "{name}{{group=\"{group}\",worker=\"{}\"}} {}\n",
+                    label(worker),
+                    value(counters)
+                );
+            }
+        }
+    }
 }
 
 pub async fn openapi(State(app): State<AppState>) -> Json<Value> {
