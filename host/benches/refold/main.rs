@@ -16,7 +16,7 @@
 //! - `--cluster`: also cluster mode (see `cluster.rs`: appends and a rebuild on the embedded
 //!   store, one NATS node and a 3-node JetStream cluster, beside raw JetStream publishes;
 //!   the first run installs nats-server from PyPI).
-//! - `--only http|modules|history|languages|restart|cluster`: one section alone
+//! - `--only http|groups|modules|history|languages|restart|cluster`: one section alone
 //!   (`--modules-only` is `--only modules`).
 
 use std::net::TcpListener;
@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 mod cluster;
+mod groups;
 mod history;
 mod languages;
 mod modules;
@@ -374,6 +375,11 @@ async fn main() {
             }
             other => println!("unknown peer {other:?}: the one supported is `--peer postgres`"),
         }
+    }
+    if section("groups") {
+        println!();
+        println!("## Consumer groups");
+        groups::run(seconds).await;
     }
     if section("modules") {
         println!();
