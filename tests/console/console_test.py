@@ -452,6 +452,41 @@ def check_deploy(run: Run):
     run.shot("14-module-uploaded.png")
 
 
+def check_groups(run: Run):
+    """A consumer group: one event acked, one parked; the pages show what the API says,
+    and the replay button puts the parked event back."""
+    page, api = run.page, run.api
+    status, body = api.call("PUT", "/subscriptions/console-shipping", {"source": {"category": "console"}, "types": ["GroupProbe"]})
+    assert status == 201, f"creating a group answered {status}: {body}"
+    api.append("console-group-1", "GroupProbe", {"n": 1})
+    api.append("console-group-2", "GroupProbe", {"n": 2})
+    status, polled = api.call("POST", "/subscriptions/console-shipping/poll?max=2&worker=console-worker")
+    assert status == 200 and len(polled["messages"]) == 2, f"poll answered {status}: {polled}"
+    first, second = polled["messages"]
+    status, body = api.call("POST", "/subscriptions/console-shipping/ack", {"leases": [first["lease"]]})
+    assert status == 200 and body["acked"] == 1, body
+    status, body = api.call("POST", "/subscriptions/console-shipping/nack", {"leases": [second["lease"]], "action": "park", "reason": "console probe"})
+    assert status == 200 and body["nacked"] == 1, body
+    truth = api.get("/subscriptions/console-shipping")
+    run.nav("nav-groups", "groups")
+    row = by_testid(page, "group-row", name="console-shipping")
+    expect(row).to_have_count(1)
+    expect(row.locator('[data-testid="group-acked"]')).to_have_text(grouped(truth["acked"]))
+    expect(row.locator('[data-testid="group-parked"]')).to_have_text("1")
+    expect(row.locator('[data-testid="group-position"]')).to_have_text(grouped(truth["position"]))
+    run.shot("08-groups.png")
+    row.locator('[data-testid="group-link"]').click()
+    expect(page.locator("#view")).to_have_attribute("data-page", "groups-detail")
+    expect(by_testid(page, "group-parked")).to_have_text("1")
+    expect(by_testid(page, "worker-row", name="console-worker")).to_have_count(1)
+    parked = by_testid(page, "parked-row", position=str(second["event"]["position"]))
+    expect(parked).to_contain_text("console probe")
+    run.shot("09-group.png")
+    by_testid(page, "group-replay").click()
+    expect(by_testid(page, "group-parked")).to_have_text("0", timeout=8_000)
+    assert api.get("/subscriptions/console-shipping")["parked"] == 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:7420")
@@ -493,7 +528,7 @@ def main():
         ]
         if args.read_token:
             steps.append(("5b. read token", check_forbidden))
-        steps += [("6. state", check_state), ("7. deploy", check_deploy)]
+        steps += [("6. state", check_state), ("7. deploy", check_deploy), ("8. consumer groups", check_groups)]
         try:
             for name, check in steps:
                 with run.step(name):

@@ -472,6 +472,7 @@ const PAGES = {
   tail: { nav: "tail", title: "Live tail", show: pageTail },
   modules: { nav: "modules", title: "Modules", show: (view, page) => (page.route.segments.length > 1 ? pageModule(view, page) : pageModules(view, page)) },
   state: { nav: "state", title: "State", show: pageState },
+  groups: { nav: "groups", title: "Consumer groups", show: (view, page) => (page.route.segments.length > 1 ? pageGroup(view, page) : pageGroups(view, page)) },
   deploy: { nav: "deploy", title: "Deploy", show: pageDeploy },
 };
 
@@ -1249,6 +1250,127 @@ async function pageModules(view, page) {
       if (!page.alive) return;
       errors.clear();
       replace(holder, modulesTable(listing.projections, { details }));
+    } catch (err) {
+      errors.show(err);
+    }
+  });
+}
+
+/** A group's source as words: "all", "stream order-7", "category order". */
+function groupSource(source) {
+  if (source === "all") return "all streams";
+  if (source && source.stream !== undefined) return `stream ${source.stream}`;
+  if (source && source.category !== undefined) return `category ${source.category}`;
+  return compactJson(source);
+}
+
+/* Consumer groups: every group with its progress. */
+async function pageGroups(view, page) {
+  const errors = errorSlot();
+  const holder = h("div", {}, h("p", { class: "muted" }, "Loading…"));
+  view.append(h("div", { class: "page-head" }, h("h1", {}, "Consumer groups")), errors.el, holder);
+  page.every(2000, async () => {
+    try {
+      const listing = await page.api("/subscriptions");
+      if (!page.alive) return;
+      errors.clear();
+      const columns = ["Group", "Source", "Types", "Ordering", "Position", "Lag", "In flight", "Parked", "Delivered", "Acked", "Workers"];
+      const numeric = new Set(["Position", "Lag", "In flight", "Parked", "Delivered", "Acked", "Workers"]);
+      const body = h("tbody");
+      if (!listing.subscriptions.length) {
+        body.append(h("tr", {}, h("td", { colspan: columns.length, class: "empty" }, "No consumer group yet. Create one with ", h("code", {}, "refold group create NAME"), " or PUT /subscriptions/NAME.")));
+      }
+      for (const g of listing.subscriptions) {
+        body.append(h("tr", { "data-testid": "group-row", "data-name": g.group },
+          h("td", {}, h("a", { href: link(["groups", g.group]), "data-testid": "group-link" }, g.group)),
+          h("td", {}, groupSource(g.source)),
+          h("td", { class: "small" }, g.types ? g.types.join(", ") : "all"),
+          h("td", {}, g.ordering),
+          h("td", { class: "num", "data-testid": "group-position" }, num(g.position)),
+          h("td", { class: `num ${g.lag > 0 ? "lagging" : ""}`, "data-testid": "group-lag" }, num(g.lag)),
+          h("td", { class: "num", "data-testid": "group-in-flight" }, num(g.in_flight)),
+          h("td", { class: "num", "data-testid": "group-parked" }, num(g.parked)),
+          h("td", { class: "num" }, num(g.delivered)),
+          h("td", { class: "num", "data-testid": "group-acked" }, num(g.acked)),
+          h("td", { class: "num" }, num(g.workers.length))));
+      }
+      replace(holder, h("table", { class: "table", "data-testid": "groups-table" },
+        h("thead", {}, h("tr", {}, columns.map((c) => h("th", { class: numeric.has(c) ? "num" : null }, c)))),
+        body));
+    } catch (err) {
+      errors.show(err);
+    }
+  });
+}
+
+/* One consumer group: settings, progress, workers, parked events with replay. */
+async function pageGroup(view, page) {
+  const name = page.route.segments.slice(1).join("/");
+  const errors = errorSlot();
+  const summary = h("div", { class: "stats compact" });
+  const settings = h("div");
+  const workers = h("div");
+  const parked = h("div");
+  const replay = h("button", { type: "button", "data-testid": "group-replay", disabled: true }, "Replay parked events");
+  replay.addEventListener("click", async () => {
+    replay.disabled = true;
+    try {
+      const answer = await page.api(path`/subscriptions/${name}/parked/replay`, { method: "POST" });
+      flash(`${num(answer.replayed)} parked events are back for delivery`);
+    } catch (err) {
+      errors.show(err);
+    }
+  });
+  view.append(
+    h("div", { class: "crumbs" }, h("a", { href: "#/groups" }, "Consumer groups")),
+    h("div", { class: "page-head" }, h("h1", {}, name), h("div", { class: "push" }, replay)),
+    errors.el, summary, section("Settings", settings), section("Workers", workers), section("Parked events", parked));
+  page.every(2000, async () => {
+    try {
+      const [g, parkedPage] = await Promise.all([
+        page.api(path`/subscriptions/${name}`),
+        page.api(path`/subscriptions/${name}/parked?limit=50`),
+      ]);
+      if (!page.alive) return;
+      errors.clear();
+      replace(summary,
+        stat("Position", h("div", { class: "stat-value", "data-testid": "group-position" }, num(g.position)), h("div", { class: "muted small" }, "every event before it is settled")),
+        stat("Lag", h("div", { class: "stat-value", "data-testid": "group-lag" }, num(g.lag))),
+        stat("In flight", h("div", { class: "stat-value", "data-testid": "group-in-flight" }, num(g.in_flight))),
+        stat("Parked", h("div", { class: "stat-value", "data-testid": "group-parked" }, num(g.parked))),
+        stat("Delivered", h("div", { class: "stat-value", "data-testid": "group-delivered" }, num(g.delivered))),
+        stat("Acked", h("div", { class: "stat-value", "data-testid": "group-acked" }, num(g.acked))));
+      replace(settings, h("dl", { class: "facts", "data-testid": "group-settings" },
+        h("dt", {}, "Source"), h("dd", {}, groupSource(g.source)),
+        h("dt", {}, "Types"), h("dd", {}, g.types ? g.types.join(", ") : "all"),
+        h("dt", {}, "Started from"), h("dd", {}, String(g.from)),
+        h("dt", {}, "Ordering"), h("dd", {}, g.ordering === "stream" ? "per stream, one event at a time" : "none"),
+        h("dt", {}, "Ack timeout"), h("dd", {}, `${num(g.ack_timeout_ms)} ms`),
+        h("dt", {}, "Max deliveries"), h("dd", {}, num(g.max_deliveries))));
+      const workerRows = g.workers.map((w) => h("tr", { "data-testid": "worker-row", "data-name": w.worker },
+        h("td", {}, w.worker),
+        h("td", { class: "num" }, num(w.delivered)),
+        h("td", { class: "num" }, num(w.acked)),
+        h("td", { class: "num" }, num(w.nacked)),
+        h("td", { class: "num" }, num(w.in_flight)),
+        h("td", { class: "small" }, w.idle_ms === null ? "—" : ago(w.idle_ms))));
+      replace(workers, workerRows.length
+        ? h("table", { class: "table", "data-testid": "workers-table" },
+          h("thead", {}, h("tr", {}, ["Worker", "Delivered", "Acked", "Nacked", "In flight", "Last seen"].map((c) => h("th", { class: c === "Worker" || c === "Last seen" ? null : "num" }, c)))),
+          h("tbody", {}, workerRows))
+        : h("p", { class: "muted" }, "No worker has polled since the server started."));
+      replay.disabled = parkedPage.parked.length === 0;
+      replace(parked, parkedPage.parked.length
+        ? h("table", { class: "table", "data-testid": "parked-table" },
+          h("thead", {}, h("tr", {}, ["Position", "Stream", "Type", "Deliveries", "Reason", "Data"].map((c) => h("th", {}, c)))),
+          h("tbody", {}, parkedPage.parked.map((p) => h("tr", { "data-testid": "parked-row", "data-position": p.event.position },
+            h("td", { class: "num" }, num(p.event.position)),
+            h("td", {}, h("a", { href: link(["streams", p.event.stream]) }, p.event.stream)),
+            h("td", {}, p.event.type),
+            h("td", { class: "num" }, num(p.deliveries)),
+            h("td", { class: "small" }, p.reason),
+            h("td", {}, jsonDetails(p.event.data, "parked-data"))))))
+        : h("p", { class: "muted" }, "Nothing is parked."));
     } catch (err) {
       errors.show(err);
     }
