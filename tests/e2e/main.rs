@@ -19,5 +19,6 @@ mod promises;
 mod reads;
 mod sandbox;
 mod security;
+mod shop;
 mod subscriptions;
 mod versions;
