@@ -222,6 +222,35 @@ async fn every_host_serves_the_contract_on_one_log() {
     let servers = cluster["nats"].as_array().unwrap();
     assert_eq!(servers.len(), 3);
     assert!(servers.iter().all(|s| s["connected"] == true), "{cluster}");
+
+    // Consumer groups: created through one host, polled through another, acked through a
+    // third; they run where the modules run.
+    let response = a
+        .client
+        .put(a.path("/subscriptions/audit"))
+        .json(&json!({"source": {"category": "account"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let (status, polled) = b
+        .post("/subscriptions/audit/poll?max=1000&worker=b", &Value::Null)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{polled}");
+    let messages = polled["messages"].as_array().unwrap();
+    assert!(!messages.is_empty());
+    let leases: Vec<&Value> = messages.iter().map(|m| &m["lease"]).collect();
+    let (status, acked) = c
+        .post("/subscriptions/audit/ack", &json!({ "leases": leases }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{acked}");
+    assert_eq!(acked["acked"].as_u64(), Some(messages.len() as u64));
+    let (_, group) = a.get("/subscriptions/audit").await;
+    assert_eq!(
+        group["acked"].as_u64(),
+        Some(messages.len() as u64),
+        "{group}"
+    );
 }
 
 fn uuid() -> String {

@@ -291,6 +291,35 @@ async fn everything_comes_back_after_the_whole_cluster_restarts() {
     }
     hosts[0].wait_caught_up("bank-account").await;
     let (_, before) = hosts[0].get("/streams?prefix=account-&limit=1000").await;
+    // A consumer group with 100 events acked: its progress comes back too.
+    let response = hosts[0]
+        .client
+        .put(hosts[0].path("/subscriptions/billing"))
+        .json(&json!({"source": {"category": "account"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let (_, polled) = hosts[1]
+        .post("/subscriptions/billing/poll?max=100", &json!(null))
+        .await;
+    let leases: Vec<&serde_json::Value> = polled["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["lease"])
+        .collect();
+    assert_eq!(leases.len(), 100);
+    let acked_positions: Vec<u64> = polled["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["event"]["position"].as_u64().unwrap())
+        .collect();
+    let (_, acked) = hosts[0]
+        .post("/subscriptions/billing/ack", &json!({ "leases": leases }))
+        .await;
+    assert_eq!(acked["acked"], 100, "{acked}");
     let mut stopping = Vec::new();
     for host in &mut hosts {
         let started = Instant::now();
@@ -326,6 +355,20 @@ async fn everything_comes_back_after_the_whole_cluster_restarts() {
             Some(stream["last_revision"].as_u64().unwrap() + 1)
         );
     }
+    let (status, group) = hosts[1].get("/subscriptions/billing").await;
+    assert_eq!(status, StatusCode::OK, "{group}");
+    assert_eq!(group["acked"], 100, "{group}");
+    let (_, polled) = hosts[0]
+        .post("/subscriptions/billing/poll?max=1000", &json!(null))
+        .await;
+    let again = polled["messages"].as_array().unwrap();
+    assert!(!again.is_empty());
+    assert!(
+        again
+            .iter()
+            .all(|m| !acked_positions.contains(&m["event"]["position"].as_u64().unwrap())),
+        "nothing acked before the restart comes again"
+    );
     let ack = hosts[0]
         .append_ok(
             "account-restarted",
