@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
 use crate::store::{
     EventLog, GlobalPosition, Keyspace, Keyspaces, RecordedEvent, StoreError, StreamName,
@@ -36,6 +36,8 @@ pub use state::{Delivery, NackAction, Parked, Settled, WorkerCounters};
 const KEYSPACE: &str = "consumer-groups";
 /// How often leases are checked for expiry in the background.
 const SWEEP: Duration = Duration::from_millis(100);
+/// Events read from the log at once for a group (when workers could use them).
+const READ_AHEAD: usize = 2000;
 /// Most events looked at by one read of the log for a group.
 const SCAN_LIMIT: usize = 50_000;
 
@@ -65,7 +67,7 @@ pub struct ConsumerGroups {
     groups: RwLock<BTreeMap<String, Arc<Group>>>,
     /// Serializes writes to the keyspace (persists, creations, deletions).
     writing: Mutex<()>,
-    persist: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+    persist: Mutex<Option<std::sync::mpsc::Sender<oneshot::Sender<Result<(), String>>>>>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -155,22 +157,25 @@ impl ConsumerGroups {
             let state = GroupState::new(settings, &progress, events, parked);
             groups.insert(name.clone(), Arc::new(Group::new(name, state)));
         }
-        let (persist, requests) = mpsc::unbounded_channel();
+        let (persist, requests) = std::sync::mpsc::channel();
         let (stop, stopping) = watch::channel(false);
         let this = Arc::new(Self {
             log,
             keyspace,
             groups: RwLock::new(groups),
             writing: Mutex::new(()),
-            persist,
+            persist: Mutex::new(Some(persist)),
             stop,
             tasks: Mutex::new(Vec::new()),
         });
-        let tasks = vec![
-            tokio::spawn(persisting(Arc::downgrade(&this), requests)),
-            tokio::spawn(watching(Arc::downgrade(&this), stopping)),
-        ];
-        *this.tasks.lock() = tasks;
+        let weak = Arc::downgrade(&this);
+        std::thread::Builder::new()
+            .name("refold-groups".into())
+            .spawn(move || persisting(&weak, &requests))
+            .map_err(|err| {
+                StoreError::Storage(format!("cannot start the groups' writer: {err}"))
+            })?;
+        *this.tasks.lock() = vec![tokio::spawn(watching(Arc::downgrade(&this), stopping))];
         Ok(this)
     }
 
@@ -180,6 +185,8 @@ impl ConsumerGroups {
         for task in self.tasks.lock().drain(..) {
             task.abort();
         }
+        // Ends the writer thread once it has answered what was queued.
+        self.persist.lock().take();
         if let Err(err) = self.persist_all() {
             tracing::error!(%err, "consumer groups: the last progress could not be persisted");
         }
@@ -291,13 +298,17 @@ impl ConsumerGroups {
             let woken = group.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            let taken = {
-                let log = self.log.clone();
-                let group = group.clone();
-                let worker = worker.to_owned();
-                tokio::task::spawn_blocking(move || group.take(log.as_ref(), max, &worker))
-                    .await
-                    .map_err(|err| StoreError::Storage(format!("a poll failed: {err}")))??
+            // Reading the log blocks: only then on the blocking pool.
+            let taken = match group.take_ready(self.log.head(), max, worker) {
+                Some(taken) => taken,
+                None => {
+                    let log = self.log.clone();
+                    let group = group.clone();
+                    let worker = worker.to_owned();
+                    tokio::task::spawn_blocking(move || group.take(log.as_ref(), max, &worker))
+                        .await
+                        .map_err(|err| StoreError::Storage(format!("a poll failed: {err}")))??
+                }
             };
             let now = tokio::time::Instant::now();
             if !taken.is_empty() || now >= deadline {
@@ -372,6 +383,9 @@ impl ConsumerGroups {
     async fn persisted(&self) -> Result<(), GroupError> {
         let (done, persisted) = oneshot::channel();
         self.persist
+            .lock()
+            .as_ref()
+            .ok_or(StoreError::ShuttingDown)?
             .send(done)
             .map_err(|_| StoreError::ShuttingDown)?;
         persisted
@@ -524,6 +538,18 @@ impl Group {
         self.state.lock().parked(from, limit)
     }
 
+    /// Leases what is ready without reading the log, unless the log has more that workers
+    /// could use now (`None`: then [`Self::take`]).
+    fn take_ready(&self, head: GlobalPosition, max: usize, worker: &str) -> Option<Vec<Delivery>> {
+        let mut state = self.state.lock();
+        let now = Instant::now();
+        state.expire(now);
+        if state.wants_events(max) && state.scanned_to() < head {
+            return None;
+        }
+        Some(state.lease(max, worker, now))
+    }
+
     /// Expires due leases, reads more of the log if workers could use it, and leases.
     fn take(
         &self,
@@ -548,7 +574,7 @@ fn read_more(state: &mut GroupState, log: &dyn EventLog, asked: usize) -> Result
     if from >= head {
         return Ok(());
     }
-    let limit = state.room().min(asked.max(1000));
+    let limit = state.room().min(asked.max(READ_AHEAD));
     if limit == 0 {
         return Ok(());
     }
@@ -617,13 +643,13 @@ fn events_at(
     Ok(found)
 }
 
-/// The persisting task: each round persists every change made so far, for every request
+/// The writer thread: each round persists every change made so far, for every request
 /// waiting, with one flush.
-async fn persisting(
-    groups: std::sync::Weak<ConsumerGroups>,
-    mut requests: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>,
+fn persisting(
+    groups: &std::sync::Weak<ConsumerGroups>,
+    requests: &std::sync::mpsc::Receiver<oneshot::Sender<Result<(), String>>>,
 ) {
-    while let Some(first) = requests.recv().await {
+    while let Ok(first) = requests.recv() {
         let mut waiting = vec![first];
         while let Ok(next) = requests.try_recv() {
             waiting.push(next);
@@ -631,10 +657,8 @@ async fn persisting(
         let Some(groups) = groups.upgrade() else {
             return;
         };
-        let result = tokio::task::spawn_blocking(move || groups.persist_all())
-            .await
-            .map_err(|err| err.to_string())
-            .and_then(|r| r.map_err(|err| err.to_string()));
+        let result = groups.persist_all().map_err(|err| err.to_string());
+        drop(groups);
         if let Err(err) = &result {
             tracing::error!(%err, "consumer groups: progress could not be persisted");
         }
@@ -668,7 +692,9 @@ async fn watching(groups: std::sync::Weak<ConsumerGroups>, mut stopping: watch::
                 if groups.sweep() {
                     // Parked by expiry: persisted soon, without anyone waiting for it.
                     let (done, _) = oneshot::channel();
-                    let _ = groups.persist.send(done);
+                    if let Some(persist) = groups.persist.lock().as_ref() {
+                        let _ = persist.send(done);
+                    }
                 }
             }
             _ = stopping.wait_for(|stop| *stop) => return,

@@ -170,6 +170,13 @@ impl GroupState {
         self.settings = settings;
         if reorder {
             self.ready.clear();
+            self.by_stream.clear();
+            if self.settings.ordering == Ordering::Stream {
+                let events: Vec<_> = self.pending.values().map(|p| p.event.clone()).collect();
+                for event in events {
+                    self.track_stream(&event);
+                }
+            }
             let positions: Vec<_> = self
                 .pending
                 .iter()
@@ -184,8 +191,9 @@ impl GroupState {
 
     fn add_pending(&mut self, event: Arc<RecordedEvent>, deliveries: u32) {
         let position = event.position;
-        let stream: Arc<str> = Arc::from(event.stream.as_str());
-        self.by_stream.entry(stream).or_default().insert(position);
+        if self.settings.ordering == Ordering::Stream {
+            self.track_stream(&event);
+        }
         self.pending.insert(
             position,
             Pending {
@@ -196,6 +204,21 @@ impl GroupState {
         );
         self.dirty = true;
         self.make_ready(position);
+    }
+
+    /// Keeps `event` in its stream's queue (for `ordering: "stream"`).
+    fn track_stream(&mut self, event: &RecordedEvent) {
+        match self.by_stream.get_mut(event.stream.as_str()) {
+            Some(positions) => {
+                positions.insert(event.position);
+            }
+            None => {
+                self.by_stream.insert(
+                    Arc::from(event.stream.as_str()),
+                    BTreeSet::from([event.position]),
+                );
+            }
+        }
     }
 
     /// Marks `position` (pending, not leased) as ready, if the ordering lets it go now.
@@ -558,6 +581,20 @@ mod tests {
         assert_eq!(g.position(), 0);
         let third = g.lease(1, "v", later);
         assert_eq!(third[0].delivery, 1);
+    }
+
+    #[test]
+    fn switching_to_stream_ordering_applies_to_events_already_read() {
+        let now = Instant::now();
+        let mut g = group(serde_json::json!({}), &["a-1", "a-1", "a-2"]);
+        let mut settings = g.settings.clone();
+        settings.ordering = Ordering::Stream;
+        g.update(settings);
+        let first = g.lease(10, "w", now);
+        let positions: Vec<u64> = first.iter().map(|d| d.event.position).collect();
+        assert_eq!(positions, vec![0, 2]);
+        g.ack(&[first[0].lease.clone()], now);
+        assert_eq!(g.lease(10, "w", now)[0].event.position, 1);
     }
 
     #[test]
