@@ -377,6 +377,7 @@ async fn follow(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     tracing::warn!(%err, "following module state stopped; starting again");
                 }
             }
+            () = wire::stalled(&shared.state, || *shared.applied.borrow()) => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
         tokio::select! {

@@ -29,6 +29,7 @@ pub(super) async fn follow(
                     tracing::warn!(%err, head = copy.head(), "following the log stopped; starting again");
                 }
             }
+            () = super::wire::stalled(&events, || copy.head()) => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
         tokio::select! {

@@ -57,6 +57,43 @@ pub(super) async fn last_sequence(
     Ok(info.state.last_sequence)
 }
 
+/// How long a follower may stay behind JetStream without moving before it starts again.
+const STALL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Resolves when a follower of `stream` has stalled: JetStream holds messages past what
+/// `applied` says the follower has applied, and that has not moved for [`STALL`]. (An
+/// ordered consumer whose server died can wait forever without an error.)
+pub(super) async fn stalled(
+    stream: &async_nats::jetstream::stream::Stream,
+    applied: impl Fn() -> u64,
+) {
+    let mut since: Option<(u64, tokio::time::Instant)> = None;
+    loop {
+        tokio::time::sleep(STALL / 4).await;
+        let Ok(last) = last_sequence(stream).await else {
+            continue;
+        };
+        let at = applied();
+        if at >= last {
+            since = None;
+            continue;
+        }
+        match since {
+            Some((seen, from)) if seen == at => {
+                if from.elapsed() >= STALL {
+                    tracing::warn!(
+                        at,
+                        last,
+                        "a follower of JetStream stalled; starting it again"
+                    );
+                    return;
+                }
+            }
+            _ => since = Some((at, tokio::time::Instant::now())),
+        }
+    }
+}
+
 /// Subject tokens may not hold `.`, `*`, `>` or whitespace; names are carried in URL-safe
 /// base64, which has none of them.
 pub(super) fn token_of(name: &str) -> String {
