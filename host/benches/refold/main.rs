@@ -16,7 +16,9 @@
 //! - `--cluster`: also cluster mode (see `cluster.rs`: appends and a rebuild on the embedded
 //!   store, one NATS node and a 3-node JetStream cluster, beside raw JetStream publishes;
 //!   the first run installs nats-server from PyPI).
-//! - `--only http|groups|modules|history|languages|restart|cluster`: one section alone
+//! - `--shapes`: also rebuild rates by the log's shape (1 M events over 10,000 and over
+//!   100,000 streams; `--shapes-large` adds 10 M events), wasm beside native.
+//! - `--only http|groups|modules|history|languages|restart|cluster|shapes`: one section alone
 //!   (`--modules-only` is `--only modules`).
 
 use std::net::TcpListener;
@@ -34,6 +36,7 @@ mod languages;
 mod modules;
 mod peer;
 mod restart;
+mod shapes;
 
 struct Server {
     url: String,
@@ -400,6 +403,11 @@ async fn main() {
         println!();
         println!("## Cluster mode: the embedded store, one NATS node, a 3-node JetStream cluster");
         cluster::run(seconds).await;
+    }
+    if only == "shapes" || (only.is_empty() && flag("--shapes")) {
+        println!();
+        println!("## Rebuild by the log's shape (events × streams)");
+        shapes::run(flag("--shapes-large")).await;
     }
     if only == "restart" || (only.is_empty() && flag("--restart")) {
         println!();

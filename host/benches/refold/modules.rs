@@ -147,7 +147,7 @@ struct Movement {
 
 /// The bank-account fold in native Rust, over the same log and the same kind of state
 /// storage and commit policy as the module runner.
-fn native_bank_fold(store: &SledStore, state: &ModuleState) -> u64 {
+pub fn native_bank_fold(store: &SledStore, state: &ModuleState) -> u64 {
     let mut accounts: HashMap<String, (u64, Account)> = HashMap::new();
     let mut dirty: HashMap<String, ()> = HashMap::new();
     let mut folded = 0u64;
