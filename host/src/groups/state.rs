@@ -76,6 +76,8 @@ pub struct GroupState {
     ready: BTreeSet<GlobalPosition>,
     /// Pending events per stream (kept for `ordering: "stream"`).
     by_stream: HashMap<Arc<str>, BTreeSet<GlobalPosition>>,
+    /// Leased events per stream (kept for `ordering: "stream"`).
+    streams_in_flight: HashMap<Arc<str>, usize>,
     /// When each lease runs out.
     expiries: BTreeSet<(Instant, GlobalPosition)>,
     parked: BTreeMap<GlobalPosition, Parked>,
@@ -104,6 +106,7 @@ impl GroupState {
             pending: BTreeMap::new(),
             ready: BTreeSet::new(),
             by_stream: HashMap::new(),
+            streams_in_flight: HashMap::new(),
             expiries: BTreeSet::new(),
             parked: parked.into_iter().map(|p| (p.event.position, p)).collect(),
             parked_changes: Vec::new(),
@@ -171,10 +174,18 @@ impl GroupState {
         if reorder {
             self.ready.clear();
             self.by_stream.clear();
+            self.streams_in_flight.clear();
             if self.settings.ordering == Ordering::Stream {
-                let events: Vec<_> = self.pending.values().map(|p| p.event.clone()).collect();
-                for event in events {
+                let events: Vec<_> = self
+                    .pending
+                    .values()
+                    .map(|p| (p.event.clone(), p.lease.is_some()))
+                    .collect();
+                for (event, leased) in events {
                     self.track_stream(&event);
+                    if leased {
+                        self.stream_leased(&event.stream);
+                    }
                 }
             }
             let positions: Vec<_> = self
@@ -192,6 +203,16 @@ impl GroupState {
     fn add_pending(&mut self, event: Arc<RecordedEvent>, deliveries: u32) {
         let position = event.position;
         if self.settings.ordering == Ordering::Stream {
+            // An event older than the stream's queue (a parked one replayed) goes first:
+            // the event that was first waits again.
+            if let Some(first) = self
+                .by_stream
+                .get(event.stream.as_str())
+                .and_then(|positions| positions.first().copied())
+                .filter(|first| *first > position)
+            {
+                self.ready.remove(&first);
+            }
             self.track_stream(&event);
         }
         self.pending.insert(
@@ -204,6 +225,25 @@ impl GroupState {
         );
         self.dirty = true;
         self.make_ready(position);
+    }
+
+    fn stream_leased(&mut self, stream: &str) {
+        match self.streams_in_flight.get_mut(stream) {
+            Some(count) => *count += 1,
+            None => {
+                self.streams_in_flight.insert(Arc::from(stream), 1);
+            }
+        }
+    }
+
+    /// A lease of an event of `stream` ended (acked, nacked or expired).
+    fn stream_released(&mut self, stream: &str) {
+        if let Some(count) = self.streams_in_flight.get_mut(stream) {
+            *count -= 1;
+            if *count == 0 {
+                self.streams_in_flight.remove(stream);
+            }
+        }
     }
 
     /// Keeps `event` in its stream's queue (for `ordering: "stream"`).
@@ -230,11 +270,16 @@ impl GroupState {
             return;
         }
         if self.settings.ordering == Ordering::Stream {
-            let first = self
-                .by_stream
-                .get(pending.event.stream.as_str())
-                .and_then(|positions| positions.first().copied());
-            if first != Some(position) {
+            let Some(positions) = self.by_stream.get(pending.event.stream.as_str()) else {
+                return;
+            };
+            // The stream's oldest unsettled event, and none of the stream in flight (one
+            // can be, behind a replayed older event).
+            if positions.first() != Some(&position)
+                || self
+                    .streams_in_flight
+                    .contains_key(pending.event.stream.as_str())
+            {
                 return;
             }
         }
@@ -266,10 +311,14 @@ impl GroupState {
                 expires: now + timeout,
             });
             self.expiries.insert((now + timeout, position));
+            let event = pending.event.clone();
+            if self.settings.ordering == Ordering::Stream {
+                self.stream_leased(&event.stream);
+            }
             out.push(Delivery {
                 lease: lease_string(position, token),
-                delivery: pending.deliveries,
-                event: pending.event.clone(),
+                delivery: self.pending[&position].deliveries,
+                event,
             });
         }
         self.delivered += out.len() as u64;
@@ -295,8 +344,12 @@ impl GroupState {
             let Some(lease) = pending.lease.take() else {
                 continue;
             };
+            let event = pending.event.clone();
             if let Some(counters) = self.workers.get_mut(&lease.worker) {
                 counters.in_flight = counters.in_flight.saturating_sub(1);
+            }
+            if self.settings.ordering == Ordering::Stream {
+                self.stream_released(&event.stream);
             }
             count += 1;
             self.retry_or_park(position, "not acknowledged within ack_timeout_ms");
@@ -383,7 +436,11 @@ impl GroupState {
             return None;
         }
         let held = pending.lease.take()?;
+        let event = pending.event.clone();
         self.expiries.remove(&(held.expires, position));
+        if self.settings.ordering == Ordering::Stream {
+            self.stream_released(&event.stream);
+        }
         if let Some(counters) = self.workers.get_mut(&held.worker) {
             counters.in_flight = counters.in_flight.saturating_sub(1);
         }
@@ -581,6 +638,43 @@ mod tests {
         assert_eq!(g.position(), 0);
         let third = g.lease(1, "v", later);
         assert_eq!(third[0].delivery, 1);
+    }
+
+    #[test]
+    fn a_replayed_event_goes_first_in_its_stream_and_waits_for_the_one_in_flight() {
+        let now = Instant::now();
+        let mut g = group(
+            serde_json::json!({"ordering": "stream"}),
+            &["a-1", "a-1", "a-1"],
+        );
+        let first = g.lease(10, "w", now);
+        g.nack(&[first[0].lease.clone()], NackAction::Park, "later", now);
+        // Event 1 is in flight when event 0 comes back: 0 waits for 1.
+        let second = g.lease(10, "w", now);
+        assert_eq!(second[0].event.position, 1);
+        assert_eq!(g.replay_parked(), 1);
+        assert!(
+            g.lease(10, "w", now).is_empty(),
+            "one event of a-1 is in flight"
+        );
+        g.ack(&[second[0].lease.clone()], now);
+        let third = g.lease(10, "w", now);
+        assert_eq!(third.len(), 1);
+        assert_eq!(third[0].event.position, 0, "the replayed event goes first");
+        g.ack(&[third[0].lease.clone()], now);
+        assert_eq!(g.lease(10, "w", now)[0].event.position, 2);
+    }
+
+    #[test]
+    fn a_replayed_event_takes_the_place_of_a_ready_one() {
+        let now = Instant::now();
+        let mut g = group(serde_json::json!({"ordering": "stream"}), &["a-1", "a-1"]);
+        let first = g.lease(10, "w", now);
+        g.nack(&[first[0].lease.clone()], NackAction::Park, "later", now);
+        assert_eq!(g.replay_parked(), 1);
+        let next = g.lease(10, "w", now);
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].event.position, 0);
     }
 
     #[test]
