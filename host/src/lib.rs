@@ -5,8 +5,10 @@
 //! ```text
 //! cli ─▶ server ─▶ http ─┬─▶ modules ─┬─▶ engine
 //!                        │            └─▶ store (EventLog, Keyspaces)
+//!                        ├─▶ groups ────▶ store (EventLog, Keyspaces)
 //!                        └─▶ store (EventStore)
 //! metrics, memory: used by http and modules
+//! hosted: the modules and the groups, as one host runs them
 //! ```
 //!
 //! - [`store`]: storage, and the only layer that knows the storage engine. Domain types; [`store::EventLog`]
@@ -19,6 +21,10 @@
 //! - [`modules`]: deployed modules over the log and keyspaces: the registry of versions and
 //!   roles, one owner thread per running version with its runner, state and checkpoints,
 //!   time travel, verify and replay.
+//! - [`groups`]: consumer groups: durable server-side subscriptions shared by competing
+//!   workers (leases, ack/nack, retry → park → replay, per-stream ordering), with their
+//!   progress in a keyspace. [`hosted`]: what one host runs for the cluster (the modules and
+//!   the groups), in a slot that is empty on hosts that do not run them.
 //! - [`http`]: the HTTP API (axum), with one error type that maps every failure to the
 //!   JSON error shape and a stable code.
 //! - [`metrics`]: the Prometheus counters. [`memory`]: giving freed heap back.
