@@ -193,15 +193,7 @@ async fn three_workers_share_a_group_and_a_dead_workers_leases_go_to_the_others(
     assert_eq!(status["acked"], EVENTS as u64);
     assert_eq!(status["delivered"], EVENTS as u64 + 100);
     assert_eq!(status["workers"].as_array().unwrap().len(), 3, "{status}");
-    let metrics = server
-        .client
-        .get(server.path("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics_text().await;
     for line in [
         format!("refold_group_acked_total{{group=\"inventory\"}} {EVENTS}"),
         "refold_group_lag{group=\"inventory\"} 0".to_owned(),

@@ -212,15 +212,7 @@ fn sample(metrics: &prometheus_parse::Scrape, name: &str, module: Option<&str>) 
 }
 
 async fn scrape(server: &Server) -> prometheus_parse::Scrape {
-    let text = server
-        .client
-        .get(server.path("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics_text().await;
     let lines = text.lines().map(|l| Ok(l.to_owned()));
     prometheus_parse::Scrape::parse(lines).expect("the metrics parse as Prometheus text")
 }

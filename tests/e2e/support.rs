@@ -468,6 +468,18 @@ impl Server {
             .expect("refold runs")
     }
 
+    /// `GET /metrics`, as text.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.path("/metrics"))
+            .send()
+            .await
+            .expect("metrics answered")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// The log head (the number of durable events).
     pub async fn head(&self) -> u64 {
         self.get("/health").await.1["head"].as_u64().expect("head")

@@ -63,17 +63,20 @@ pub async fn fill(
     count: u64,
     make: fn(u64, u64) -> (String, ProposedEvent),
 ) {
-    fill_appends(store, 0..count / 100, make).await;
+    fill_appends(store, 0..count / 100, 100, make).await;
 }
 
-/// Makes the appends numbered `appends` (100 events each, `make(append, i)` gives the
-/// stream and the i-th event) from 32 concurrent tasks. Numbering lets a large log be
+/// Makes the appends numbered `appends` (`per_append` events each, `make(append, i)` gives
+/// the stream and the i-th event) from 32 concurrent tasks. Numbering lets a large log be
 /// built in slices that continue one another.
-pub async fn fill_appends(
+pub async fn fill_appends<F>(
     store: &Arc<SledStore>,
     appends: std::ops::Range<u64>,
-    make: fn(u64, u64) -> (String, ProposedEvent),
-) {
+    per_append: u64,
+    make: F,
+) where
+    F: Fn(u64, u64) -> (String, ProposedEvent) + Copy + Send + 'static,
+{
     let tasks: Vec<_> = (0..32u64)
         .map(|task| {
             let store = store.clone();
@@ -82,7 +85,7 @@ pub async fn fill_appends(
                 let mut n = appends.start + task;
                 while n < appends.end {
                     let (stream, _) = make(n, 0);
-                    let events = (0..100).map(|i| make(n, i).1).collect();
+                    let events = (0..per_append).map(|i| make(n, i).1).collect();
                     store
                         .append(
                             StreamName::parse(&stream).unwrap(),

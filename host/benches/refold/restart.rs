@@ -178,7 +178,7 @@ async fn build_log(dir: &Path, events: u64) {
     let started = Instant::now();
     for slice in 0..10 {
         let range = appends * slice / 10..appends * (slice + 1) / 10;
-        modules::fill_appends(&store, range, modules::bank_event).await;
+        modules::fill_appends(&store, range, 100, modules::bank_event).await;
         println!(
             "(building the log: {:>10} events, {:5.1} s)",
             store.head(),
@@ -302,7 +302,13 @@ async fn churn_phase(dir: &Path) {
     let before = store.head();
     let started = Instant::now();
     let appends = before / 100;
-    modules::fill_appends(&store, appends..appends + appends / 10, modules::bank_event).await;
+    modules::fill_appends(
+        &store,
+        appends..appends + appends / 10,
+        100,
+        modules::bank_event,
+    )
+    .await;
     let head = store.head();
     for module in registry.list() {
         let mut progress = module.watch_progress();

@@ -8,14 +8,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use refold::modules::state::ModuleState;
-use refold::store::{
-    EventLog, EventStore, ExpectedRevision, Keyspaces, ProposedEvent, SledStore, StoreConfig,
-    StreamName,
-};
+use refold::store::{EventLog, Keyspaces, SledStore, StoreConfig};
 use serde_json::json;
 
 use super::modules::{
-    build_examples, deploy_and_rebuild, native_bank_fold, open_registry, proposed, repo_root,
+    build_examples, deploy_and_rebuild, fill_appends, native_bank_fold, open_registry, proposed,
+    repo_root,
 };
 
 /// One shape: events and streams.
@@ -24,43 +22,19 @@ struct Shape {
     streams: u64,
 }
 
-/// Appends `shape.events` bank-account events over `shape.streams` streams from 32 tasks.
+/// Appends `shape.events` bank-account events over `shape.streams` streams.
 async fn fill(store: &Arc<SledStore>, shape: &Shape) {
     let per_append = (shape.events / shape.streams).clamp(1, 100);
-    let appends = shape.events / per_append;
     let streams = shape.streams;
-    let tasks: Vec<_> = (0..32u64)
-        .map(|task| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let mut n = task;
-                while n < appends {
-                    let stream = format!("account-{}", n % streams);
-                    let events: Vec<ProposedEvent> = (0..per_append)
-                        .map(|i| match (n / streams, i) {
-                            (0, 0) => {
-                                proposed("AccountOpened", json!({"owner": format!("owner-{n}")}))
-                            }
-                            (_, i) if i % 3 == 0 => proposed("Withdrawn", json!({"amount": 3 + i})),
-                            (_, i) => proposed("Deposited", json!({"amount": 10 + i})),
-                        })
-                        .collect();
-                    store
-                        .append(
-                            StreamName::parse(&stream).unwrap(),
-                            ExpectedRevision::Any,
-                            events,
-                        )
-                        .await
-                        .expect("append");
-                    n += 32;
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("fill task");
-    }
+    let make = move |n: u64, i: u64| {
+        let event = match (n / streams, i) {
+            (0, 0) => proposed("AccountOpened", json!({"owner": format!("owner-{n}")})),
+            (_, i) if i % 3 == 0 => proposed("Withdrawn", json!({"amount": 3 + i})),
+            (_, i) => proposed("Deposited", json!({"amount": 10 + i})),
+        };
+        (format!("account-{}", n % streams), event)
+    };
+    fill_appends(store, 0..shape.events / per_append, per_append, make).await;
 }
 
 pub async fn run(large: bool) {
