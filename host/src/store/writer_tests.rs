@@ -37,6 +37,25 @@ fn open(dir: &tempfile::TempDir, faults: Arc<InjectedFaults>) -> SledStore {
     SledStore::open_with_faults(&StoreConfig::new(dir.path()), faults).unwrap()
 }
 
+/// Drops `store` and opens its directory again, as a restart would. sled's own I/O threads
+/// may hold the directory's lock for a moment after the last handle is dropped, so the open
+/// is retried while the lock is busy.
+fn reopen(store: SledStore, dir: &tempfile::TempDir) -> SledStore {
+    drop(store);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledStore::open(&StoreConfig::new(dir.path())) {
+            Ok(store) => return store,
+            Err(err)
+                if std::time::Instant::now() < deadline && format!("{err:#}").contains("lock") =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(err) => panic!("reopening the store: {err:#}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_late_retry_answers_the_original_positions_and_an_id_is_never_recorded_twice() {
     let dir = tempfile::tempdir().unwrap();
@@ -77,8 +96,7 @@ async fn a_late_retry_answers_the_original_positions_and_an_id_is_never_recorded
     );
 
     // After a restart too.
-    drop(store);
-    let store = open(&dir, Arc::default());
+    let store = reopen(store, &dir);
     let retried = append(&store, "a-1", ExpectedRevision::Any, batch()).await;
     assert_eq!(retried.unwrap(), original, "after a restart");
     assert_eq!(store.head(), 302);
@@ -205,7 +223,6 @@ async fn a_failed_apply_stops_writes_and_recovery_reuses_no_revision() {
     .await
     .unwrap();
     assert_eq!((next.first_revision, next.first_position), (1, 1));
-    drop(store);
-    let store = open(&dir, Arc::default());
+    let store = reopen(store, &dir);
     assert_eq!(store.head(), 2);
 }
