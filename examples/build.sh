@@ -181,6 +181,23 @@ build_rust() {
             check_output "$dist_dir/$(dist_name "$name" "$target")" "$target"
         done
     done
+    # The same sources against guest contract 0.1 (refold-guest's contract-0-1 feature),
+    # as <name>.v0.1.wasm, to compare the two contract versions. Their own target folder:
+    # the feature changes the SDK.
+    local v01_names=()
+    for name in "${rust_names[@]}"; do
+        if [[ "$name" == bank-account || "$name" == order-summary ]]; then v01_names+=("$name"); fi
+    done
+    ((${#v01_names[@]})) || return 0
+    package_args=()
+    for name in "${v01_names[@]}"; do package_args+=(--package "$name"); done
+    ensure_rust_target wasm32-wasip2
+    CARGO_TARGET_DIR="$CARGO_TARGET_DIR/contract-0-1" cargo build --manifest-path "$examples_dir/Cargo.toml" \
+        --release --target wasm32-wasip2 --features refold-guest/contract-0-1 "${package_args[@]}"
+    for name in "${v01_names[@]}"; do
+        cp "$CARGO_TARGET_DIR/contract-0-1/wasm32-wasip2/release/${name//-/_}.wasm" "$dist_dir/$name.v0.1.wasm"
+        check_output "$dist_dir/$name.v0.1.wasm" wasip2
+    done
 }
 
 # --- toolchains, each installed once (a later run finds it and goes on) ---

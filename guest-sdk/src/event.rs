@@ -1,19 +1,44 @@
 //! What a module receives (`Event`) and what it asks for (`Filter`).
 
+use std::borrow::Cow;
+use std::cell::OnceCell;
+
 use serde::Deserialize;
 
+#[cfg(feature = "contract-0-1")]
 use crate::bindings::{RawEvent, RawFilter};
 
 /// One recorded event, as the host hands it to a module.
 ///
 /// The payload and metadata stay JSON text until asked for, so an event that a module
-/// ignores costs nothing to decode.
+/// ignores costs nothing to decode. Inside a module the event borrows its text from the
+/// call's buffer (the `'a`); `Event::new` makes one that owns its text, for tests.
 #[derive(Clone, Debug)]
-pub struct Event {
-    raw: RawEvent,
+pub struct Event<'a> {
+    id: Id<'a>,
+    stream: Cow<'a, str>,
+    revision: u64,
+    position: u64,
+    event_type: Cow<'a, str>,
+    data: Cow<'a, str>,
+    /// `None` for `{}`.
+    metadata: Option<Cow<'a, str>>,
+    recorded_at: u64,
 }
 
-impl Event {
+/// An event's id: as text (contract 0.1, tests), or as the two halves of a UUID
+/// (contract 0.2), put in text only when asked for.
+#[derive(Clone, Debug)]
+enum Id<'a> {
+    Text(Cow<'a, str>),
+    Halves {
+        hi: u64,
+        lo: u64,
+        text: OnceCell<String>,
+    },
+}
+
+impl Event<'static> {
     /// An event of `event_type` on `stream` with `data` as its JSON payload, for tests and
     /// tools. Everything else starts at zero (revision, position, recorded-at), with an
     /// all-zero id and `{}` metadata; the `with_*` methods set them.
@@ -23,83 +48,117 @@ impl Event {
         data: impl Into<String>,
     ) -> Self {
         Self {
-            raw: RawEvent {
-                id: "00000000-0000-0000-0000-000000000000".to_owned(),
-                stream_id: stream.into(),
-                revision: 0,
-                position: 0,
-                event_type: event_type.into(),
-                data: data.into(),
-                metadata: "{}".to_owned(),
-                recorded_at: 0,
+            id: Id::Text(Cow::Borrowed("00000000-0000-0000-0000-000000000000")),
+            stream: Cow::Owned(stream.into()),
+            revision: 0,
+            position: 0,
+            event_type: Cow::Owned(event_type.into()),
+            data: Cow::Owned(data.into()),
+            metadata: None,
+            recorded_at: 0,
+        }
+    }
+}
+
+impl<'a> Event<'a> {
+    /// An event of contract 0.2, borrowing its text from the call.
+    #[cfg_attr(feature = "contract-0-1", allow(dead_code))]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn borrowed(
+        (hi, lo): (u64, u64),
+        stream: &'a str,
+        revision: u64,
+        position: u64,
+        event_type: &'a str,
+        data: &'a str,
+        metadata: Option<&'a str>,
+        recorded_at: u64,
+    ) -> Self {
+        Self {
+            id: Id::Halves {
+                hi,
+                lo,
+                text: OnceCell::new(),
             },
+            stream: Cow::Borrowed(stream),
+            revision,
+            position,
+            event_type: Cow::Borrowed(event_type),
+            data: Cow::Borrowed(data),
+            metadata: metadata.map(Cow::Borrowed),
+            recorded_at,
         }
     }
 
     /// This event with another id.
     #[must_use]
     pub fn with_id(mut self, id: impl Into<String>) -> Self {
-        self.raw.id = id.into();
+        self.id = Id::Text(Cow::Owned(id.into()));
         self
     }
 
     /// This event with another revision (its position in its stream).
     #[must_use]
     pub fn with_revision(mut self, revision: u64) -> Self {
-        self.raw.revision = revision;
+        self.revision = revision;
         self
     }
 
     /// This event with another position in the global log.
     #[must_use]
     pub fn with_position(mut self, position: u64) -> Self {
-        self.raw.position = position;
+        self.position = position;
         self
     }
 
     /// This event with other metadata (JSON object text).
     #[must_use]
     pub fn with_metadata(mut self, metadata: impl Into<String>) -> Self {
-        self.raw.metadata = metadata.into();
+        self.metadata = Some(Cow::Owned(metadata.into()));
         self
     }
 
     /// This event with another recording time, in microseconds since the Unix epoch.
     #[must_use]
     pub fn with_recorded_at_micros(mut self, micros: u64) -> Self {
-        self.raw.recorded_at = micros;
+        self.recorded_at = micros;
         self
     }
 
     /// The event's UUID, hyphenated lower-case.
     pub fn id(&self) -> &str {
-        &self.raw.id
+        match &self.id {
+            Id::Text(text) => text,
+            Id::Halves { hi, lo, text } => {
+                text.get_or_init(|| String::from_utf8_lossy(&hyphenated(*hi, *lo)).into_owned())
+            }
+        }
     }
 
     /// The stream it was appended to (`account-42`).
     pub fn stream(&self) -> &str {
-        &self.raw.stream_id
+        &self.stream
     }
 
     /// The stream's category: the part of its name before the first `-` (`account`), or
     /// the whole name when it has no `-`.
     pub fn category(&self) -> &str {
-        category_of(&self.raw.stream_id)
+        category_of(&self.stream)
     }
 
     /// 0-based position of the event in its stream.
     pub fn revision(&self) -> u64 {
-        self.raw.revision
+        self.revision
     }
 
     /// 0-based position of the event in the global log.
     pub fn position(&self) -> u64 {
-        self.raw.position
+        self.position
     }
 
     /// The event type (`Deposited`).
     pub fn event_type(&self) -> &str {
-        &self.raw.event_type
+        &self.event_type
     }
 
     /// When the server recorded the event, in microseconds since the Unix epoch.
@@ -118,7 +177,7 @@ impl Event {
     /// assert_eq!(now, UNIX_EPOCH + Duration::from_secs(1_700_000_000));
     /// ```
     pub fn recorded_at_micros(&self) -> u64 {
-        self.raw.recorded_at
+        self.recorded_at
     }
 
     /// A 64-bit value of this event's own, the same every time the event is handled: the
@@ -154,7 +213,11 @@ impl Event {
     /// assert_eq!(event.seed(), event.clone().seed());
     /// ```
     pub fn seed(&self) -> u64 {
-        splitmix64(fnv1a64(self.raw.id.as_bytes()) ^ self.raw.position)
+        let hash = match &self.id {
+            Id::Text(text) => fnv1a64(text.as_bytes()),
+            Id::Halves { hi, lo, .. } => fnv1a64(&hyphenated(*hi, *lo)),
+        };
+        splitmix64(hash ^ self.position)
     }
 
     /// The `n`th value (from 0) of this event's random stream: a SplitMix64 generator
@@ -190,28 +253,28 @@ impl Event {
     /// # Errors
     /// A message naming the event type and what did not fit when the payload is not a
     /// valid `T` (a missing field, a string where a number belongs, ...).
-    pub fn data<'a, T: Deserialize<'a>>(&'a self) -> Result<T, String> {
-        serde_json::from_str(&self.raw.data)
-            .map_err(|e| format!("invalid {} data: {e}", self.raw.event_type))
+    pub fn data<'s, T: Deserialize<'s>>(&'s self) -> Result<T, String> {
+        serde_json::from_str(&self.data)
+            .map_err(|e| format!("invalid {} data: {e}", self.event_type))
     }
 
     /// The payload as JSON text, exactly as stored.
     pub fn data_json(&self) -> &str {
-        &self.raw.data
+        &self.data
     }
 
     /// The metadata decoded as `T`.
     ///
     /// # Errors
     /// A message saying what did not fit when the metadata is not a valid `T`.
-    pub fn metadata<'a, T: Deserialize<'a>>(&'a self) -> Result<T, String> {
-        serde_json::from_str(&self.raw.metadata)
-            .map_err(|e| format!("invalid {} metadata: {e}", self.raw.event_type))
+    pub fn metadata<'s, T: Deserialize<'s>>(&'s self) -> Result<T, String> {
+        serde_json::from_str(self.metadata_json())
+            .map_err(|e| format!("invalid {} metadata: {e}", self.event_type))
     }
 
     /// The metadata as JSON object text (`{}` when the client sent none).
     pub fn metadata_json(&self) -> &str {
-        &self.raw.metadata
+        self.metadata.as_deref().unwrap_or("{}")
     }
 
     /// `message` prefixed with where this event sits, so a fault report names it:
@@ -219,19 +282,47 @@ impl Event {
     pub(crate) fn describe_failure(&self, message: &str) -> String {
         format!(
             "position {} ({} revision {}, {}, id {}): {message}",
-            self.raw.position,
-            self.raw.stream_id,
-            self.raw.revision,
-            self.raw.event_type,
-            self.raw.id
+            self.position,
+            self.stream,
+            self.revision,
+            self.event_type,
+            self.id()
         )
     }
 }
 
-impl From<RawEvent> for Event {
+/// A 0.1 event record, owned.
+#[cfg(feature = "contract-0-1")]
+impl From<RawEvent> for Event<'static> {
     fn from(raw: RawEvent) -> Self {
-        Self { raw }
+        Self {
+            id: Id::Text(Cow::Owned(raw.id)),
+            stream: Cow::Owned(raw.stream_id),
+            revision: raw.revision,
+            position: raw.position,
+            event_type: Cow::Owned(raw.event_type),
+            data: Cow::Owned(raw.data),
+            metadata: (raw.metadata != "{}").then_some(Cow::Owned(raw.metadata)),
+            recorded_at: raw.recorded_at,
+        }
     }
+}
+
+/// A UUID given as two big-endian halves, hyphenated lower-case.
+fn hyphenated(hi: u64, lo: u64) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = ((u128::from(hi) << 64) | u128::from(lo)).to_be_bytes();
+    let mut text = [b'-'; 36];
+    let mut at = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        text[at] = HEX[usize::from(byte >> 4)];
+        text[at + 1] = HEX[usize::from(byte & 0xf)];
+        at += 2;
+    }
+    text
 }
 
 /// SplitMix64's increment: the golden ratio scaled to 2^64.
@@ -301,14 +392,23 @@ impl Filter {
     }
 
     /// Whether `event` passes this filter, as the host decides it.
-    pub fn matches(&self, event: &Event) -> bool {
+    pub fn matches(&self, event: &Event<'_>) -> bool {
         let wanted =
             |list: &[String], value: &str| list.is_empty() || list.iter().any(|v| v == value);
         wanted(&self.event_types, event.event_type()) && wanted(&self.categories, event.category())
     }
 
+    #[cfg(feature = "contract-0-1")]
     pub(crate) fn into_raw(self) -> RawFilter {
         RawFilter {
+            event_types: self.event_types,
+            categories: self.categories,
+        }
+    }
+
+    #[cfg(not(feature = "contract-0-1"))]
+    pub(crate) fn into_raw_v2(self) -> crate::bindings::v2::RawFilter {
+        crate::bindings::v2::RawFilter {
             event_types: self.event_types,
             categories: self.categories,
         }
@@ -351,7 +451,24 @@ mod tests {
         assert!(error.starts_with("invalid AccountOpened data: "), "{error}");
     }
 
-    fn event_at(id: &str, position: u64) -> Event {
+    #[test]
+    fn an_id_given_in_halves_reads_as_the_hyphenated_uuid_and_seeds_alike() {
+        let halves = Event::borrowed(
+            (0x5f0c_1e2a_8d3b_4c6e, 0x9a7f_0b1c_2d3e_4f50),
+            "draw-1",
+            0,
+            42,
+            "Drawn",
+            "{}",
+            None,
+            0,
+        );
+
+        assert_eq!(halves.id(), ID);
+        assert_eq!(halves.seed(), event_at(ID, 42).seed());
+    }
+
+    fn event_at(id: &str, position: u64) -> Event<'static> {
         Event::new("draw-1", "Drawn", "{}")
             .with_id(id)
             .with_position(position)

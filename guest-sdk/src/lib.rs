@@ -1,12 +1,17 @@
 //! Write Refold reducers and projections as plain typed Rust.
 //!
-//! A Refold module is a WebAssembly component implementing one of the two worlds of
-//! `wit/refold.wit`. This crate hides that contract behind two traits and two macros:
+//! A Refold module is a WebAssembly component implementing one of the worlds of the guest
+//! contract: `wit/0.2/refold.wit` (0.2, the default) or `wit/refold.wit` (0.1, with the
+//! `contract-0-1` feature). This crate hides the contract, and the difference between its
+//! versions, behind three traits and three macros:
 //!
 //! - [`Reducer`]: one state per stream. Implement `apply(&mut State, &Event)`; the state is
 //!   any serde type, stored by the host as JSON. Export with [`export_reducer!`].
 //! - [`Projection`]: one read model across streams. Implement `handle(&Event, &mut Store)`
 //!   and write typed values to the [`Store`]. Export with [`export_projection!`].
+//! - [`Processor`]: a projection that acts. Implement `process(&Event, &mut Store, &mut
+//!   Emit)`; what it emits is appended exactly once. Export with [`export_processor!`]
+//!   (contract 0.2).
 //!
 //! Errors are plain `Result<_, String>`: an error faults the module at that event, and the
 //! host shows the message together with the event's position and id. A panic traps the
@@ -68,11 +73,15 @@
 #[allow(missing_docs)]
 pub mod bindings;
 mod event;
+mod processor;
 mod projection;
 mod reducer;
 mod store;
+#[cfg(not(feature = "contract-0-1"))]
+mod views;
 
 pub use event::{Event, Filter, category_of};
+pub use processor::{Emit, Emitted, Expected, Processor};
 pub use projection::Projection;
 pub use reducer::Reducer;
 pub use store::{ScanBytes, Store};
@@ -93,6 +102,7 @@ pub use store::{ScanBytes, Store};
 /// # Ok::<(), String>(())
 /// ```
 pub mod testing {
+    pub use crate::processor::process_batch;
     pub use crate::projection::handle_batch;
     pub use crate::reducer::{apply_batch, fold, init_state};
 }
@@ -101,13 +111,72 @@ pub mod testing {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::bindings;
+    pub use crate::processor::ProcessorExport;
     pub use crate::projection::ProjectionExport;
     pub use crate::reducer::ReducerExport;
 }
 
-/// Export a [`Reducer`] as this component's `reducer` world.
+/// Export a [`Reducer`] as this component's `reducer` world (of contract 0.2; of 0.1 with
+/// the crate's `contract-0-1` feature).
 ///
 /// Use it once, at the top level of a `cdylib` crate: `refold_guest::export_reducer!(MyReducer);`
+#[cfg(not(feature = "contract-0-1"))]
+#[macro_export]
+macro_rules! export_reducer {
+    ($reducer:ty) => {
+        const _: () = {
+            type RefoldReducerExport = $crate::__private::ReducerExport<$reducer>;
+            $crate::__private::bindings::v2::reducer::__refold_export_reducer_world_v2!(
+                RefoldReducerExport with_types_in $crate::__private::bindings::v2::reducer
+            );
+        };
+    };
+}
+
+/// Export a [`Projection`] as this component's `projection` world (of contract 0.2; of
+/// 0.1 with the crate's `contract-0-1` feature).
+///
+/// Use it once, at the top level of a `cdylib` crate: `refold_guest::export_projection!(MyProjection);`
+#[cfg(not(feature = "contract-0-1"))]
+#[macro_export]
+macro_rules! export_projection {
+    ($projection:ty) => {
+        const _: () = {
+            type RefoldProjectionExport = $crate::__private::ProjectionExport<$projection>;
+            $crate::__private::bindings::v2::projection::__refold_export_projection_world_v2!(
+                RefoldProjectionExport with_types_in $crate::__private::bindings::v2::projection
+            );
+        };
+    };
+}
+
+/// Export a [`Processor`] as this component's `processor` world (contract 0.2).
+///
+/// Use it once, at the top level of a `cdylib` crate: `refold_guest::export_processor!(MyProcessor);`
+#[cfg(not(feature = "contract-0-1"))]
+#[macro_export]
+macro_rules! export_processor {
+    ($processor:ty) => {
+        const _: () = {
+            type RefoldProcessorExport = $crate::__private::ProcessorExport<$processor>;
+            $crate::__private::bindings::v2::processor::__refold_export_processor_world_v2!(
+                RefoldProcessorExport with_types_in $crate::__private::bindings::v2::processor
+            );
+        };
+    };
+}
+
+/// Processors exist from contract 0.2 on.
+#[cfg(feature = "contract-0-1")]
+#[macro_export]
+macro_rules! export_processor {
+    ($processor:ty) => {
+        compile_error!("processors need contract 0.2: build without the contract-0-1 feature");
+    };
+}
+
+/// Export a [`Reducer`] as this component's `reducer` world (contract 0.1).
+#[cfg(feature = "contract-0-1")]
 #[macro_export]
 macro_rules! export_reducer {
     ($reducer:ty) => {
@@ -120,9 +189,8 @@ macro_rules! export_reducer {
     };
 }
 
-/// Export a [`Projection`] as this component's `projection` world.
-///
-/// Use it once, at the top level of a `cdylib` crate: `refold_guest::export_projection!(MyProjection);`
+/// Export a [`Projection`] as this component's `projection` world (contract 0.1).
+#[cfg(feature = "contract-0-1")]
 #[macro_export]
 macro_rules! export_projection {
     ($projection:ty) => {

@@ -10,6 +10,9 @@ use std::marker::PhantomData;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+#[cfg(not(feature = "contract-0-1"))]
+use crate::bindings::v2;
+#[cfg(feature = "contract-0-1")]
 use crate::bindings::{RawFilter, StreamBatch, reducer::Guest};
 use crate::event::{Event, Filter};
 
@@ -44,7 +47,7 @@ use crate::event::{Event, Filter};
 pub trait Reducer {
     /// The state of one stream. It is stored as JSON, so what `Serialize` writes is what
     /// `GET /projections/{name}/streams/{stream}` shows.
-    type State: Serialize + DeserializeOwned + Default;
+    type State: Serialize + DeserializeOwned + Default + 'static;
 
     /// The events this reducer wants; the host skips the rest. All events by default.
     fn filter() -> Filter {
@@ -63,7 +66,7 @@ pub trait Reducer {
     /// A message saying why the event cannot be applied. It faults the module at this
     /// event: the host shows the message with the event's position and id, and keeps the
     /// stream's state as it was before the batch.
-    fn apply(state: &mut Self::State, event: &Event) -> Result<(), String>;
+    fn apply(state: &mut Self::State, event: &Event<'_>) -> Result<(), String>;
 }
 
 /// The initial state of `stream`, encoded as the host stores it.
@@ -85,14 +88,14 @@ pub fn init_state<R: Reducer>(stream: &str) -> Vec<u8> {
 /// # Errors
 /// The stored state does not decode as `R::State`, an event fails (the message starts
 /// with `position <n>` and names the event), or the new state does not encode.
-pub fn apply_batch<R, E>(
+pub fn apply_batch<'e, R, E>(
     stream: &str,
     state: Option<&[u8]>,
     events: impl IntoIterator<Item = E>,
 ) -> Result<Vec<u8>, String>
 where
     R: Reducer,
-    E: Borrow<Event>,
+    E: Borrow<Event<'e>>,
 {
     let mut current = match state {
         Some(bytes) => serde_json::from_slice::<R::State>(bytes)
@@ -115,7 +118,7 @@ where
 ///
 /// # Errors
 /// As [`apply_batch`].
-pub fn fold<R: Reducer>(stream: &str, events: &[Event]) -> Result<R::State, String> {
+pub fn fold<R: Reducer>(stream: &str, events: &[Event<'_>]) -> Result<R::State, String> {
     let encoded = apply_batch::<R, _>(stream, None, events)?;
     serde_json::from_slice(&encoded)
         .map_err(|e| format!("state of stream {stream} does not decode: {e}"))
@@ -127,6 +130,7 @@ pub fn fold<R: Reducer>(stream: &str, events: &[Event]) -> Result<R::State, Stri
 #[doc(hidden)]
 pub struct ReducerExport<R>(PhantomData<fn() -> R>);
 
+#[cfg(feature = "contract-0-1")]
 impl<R: Reducer> Guest for ReducerExport<R> {
     fn filter() -> RawFilter {
         R::filter().into_raw()
@@ -144,6 +148,157 @@ impl<R: Reducer> Guest for ReducerExport<R> {
                 apply_batch::<R, _>(&batch.stream_id, batch.state.as_deref(), events)
             })
             .collect()
+    }
+}
+
+#[cfg(not(feature = "contract-0-1"))]
+mod held {
+    //! Contract 0.2: the states an instance holds between calls.
+
+    use std::any::Any;
+    use std::cell::RefCell;
+
+    use super::*;
+
+    /// The states a 0.2 reducer instance holds, by the slots the host gives its streams.
+    struct Slots<S> {
+        slots: Vec<Option<Slot<S>>>,
+    }
+
+    struct Slot<S> {
+        stream: String,
+        state: S,
+    }
+
+    impl<S> Slots<S> {
+        fn set(&mut self, slot: u32, stream: String, state: S) {
+            let index = slot as usize;
+            if self.slots.len() <= index {
+                self.slots.resize_with(index + 1, || None);
+            }
+            self.slots[index] = Some(Slot { stream, state });
+        }
+    }
+
+    thread_local! {
+        /// The instance's [`Slots`], of the exported reducer's state type.
+        static HELD: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    }
+
+    fn with_slots<S: 'static, T>(f: impl FnOnce(&mut Slots<S>) -> T) -> T {
+        HELD.with(|held| {
+            let mut held = held.borrow_mut();
+            let any = held.get_or_insert_with(|| Box::new(Slots::<S> { slots: Vec::new() }));
+            match any.downcast_mut::<Slots<S>>() {
+                Some(slots) => f(slots),
+                None => panic!("one component exports one reducer"),
+            }
+        })
+    }
+
+    /// Folds one 0.2 call: each batch's events into the state of its slot.
+    fn apply_held<R: Reducer>(
+        events: &v2::Events,
+        batches: Vec<v2::StreamBatch>,
+    ) -> Result<(), v2::Failure> {
+        let fail = |event: usize, message: String| v2::Failure {
+            event: event as u32,
+            message,
+        };
+        with_slots::<R::State, _>(|slots| {
+            let mut next = 0usize;
+            for batch in batches {
+                let first = next;
+                next += batch.count as usize;
+                let raws = events.events.get(first..next).ok_or_else(|| {
+                    fail(
+                        first,
+                        format!(
+                            "the host sent a batch past the call's {} events",
+                            events.events.len()
+                        ),
+                    )
+                })?;
+                match batch.start {
+                    v2::Start::Held => {}
+                    v2::Start::Fresh(stream) => {
+                        let state = R::init(&stream);
+                        slots.set(batch.slot, stream, state);
+                    }
+                    v2::Start::Stored(stored) => {
+                        let state =
+                            serde_json::from_slice::<R::State>(&stored.state).map_err(|e| {
+                                fail(
+                                    first,
+                                    format!(
+                                        "stored state of stream {} does not decode: {e}",
+                                        stored.stream_id
+                                    ),
+                                )
+                            })?;
+                        slots.set(batch.slot, stored.stream_id, state);
+                    }
+                }
+                let Some(Some(slot)) = slots.slots.get_mut(batch.slot as usize) else {
+                    return Err(fail(
+                        first,
+                        format!(
+                            "the host continued slot {}, which holds no state",
+                            batch.slot
+                        ),
+                    ));
+                };
+                let Slot { stream, state } = slot;
+                for (k, raw) in raws.iter().enumerate() {
+                    let event =
+                        crate::views::view(events, raw, stream).map_err(|m| fail(first + k, m))?;
+                    R::apply(state, &event)
+                        .map_err(|message| fail(first + k, event.describe_failure(&message)))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The states in `slots`, encoded.
+    fn save_held<R: Reducer>(slots: Vec<u32>) -> Vec<Vec<u8>> {
+        with_slots::<R::State, _>(|held| {
+            slots
+                .into_iter()
+                .map(|index| {
+                    let Some(Some(slot)) = held.slots.get(index as usize) else {
+                        panic!("the host asked for the state of slot {index}, which holds none");
+                    };
+                    let mut encoded = Vec::with_capacity(64);
+                    if let Err(e) = serde_json::to_writer(&mut encoded, &slot.state) {
+                        panic!("the state of stream {} does not encode: {e}", slot.stream);
+                    }
+                    encoded
+                })
+                .collect()
+        })
+    }
+
+    impl<R: Reducer> v2::reducer::Guest for ReducerExport<R> {
+        fn filter() -> v2::RawFilter {
+            R::filter().into_raw_v2()
+        }
+
+        fn init(stream_id: String) -> Vec<u8> {
+            init_state::<R>(&stream_id)
+        }
+
+        fn apply(events: v2::Events, batches: Vec<v2::StreamBatch>) -> Result<(), v2::Failure> {
+            apply_held::<R>(&events, batches)
+        }
+
+        fn save(slots: Vec<u32>) -> Vec<Vec<u8>> {
+            save_held::<R>(slots)
+        }
+
+        fn forget() {
+            HELD.with(|held| held.borrow_mut().take());
+        }
     }
 }
 

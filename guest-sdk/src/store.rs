@@ -11,7 +11,10 @@ use std::ops::Bound;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+#[cfg(feature = "contract-0-1")]
 use crate::bindings::projection::refold::projection::state_store as host;
+#[cfg(not(feature = "contract-0-1"))]
+use crate::bindings::v2::projection::refold::projection::state_store as host;
 
 /// How many entries one host `scan` call asks for while iterating.
 const SCAN_PAGE: u32 = 256;

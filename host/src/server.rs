@@ -21,7 +21,7 @@ use crate::http::auth::Tokens;
 use crate::http::{self, AppState, Limits};
 use crate::modules::{Activation, ModuleRegistry, ModuleSettings};
 use crate::store::nats::{ClusterKeyspaces, Nats, NatsConfig, NatsStore};
-use crate::store::{EventLog, EventStore, Keyspaces, SledStore, StoreConfig};
+use crate::store::{EventStore, Keyspaces, SledStore, StoreConfig};
 
 /// Everything `refold serve` needs.
 #[derive(Clone)]
@@ -151,10 +151,11 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<RunningServer> {
         let module_limits = config.module_limits.clone();
         let keep_versions = config.keep_versions;
         let deploy = config.deploy.clone();
-        move |log: Arc<dyn EventLog>, keyspaces: Arc<dyn Keyspaces>| {
+        move |log: Arc<dyn EventStore>, keyspaces: Arc<dyn Keyspaces>| {
             let modules = ModuleRegistry::open(
                 engine.clone(),
                 log.clone(),
+                Some(log.clone()),
                 keyspaces.clone(),
                 compiled_dir.clone(),
                 module_limits.clone(),
@@ -201,7 +202,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<RunningServer> {
                 .clone()
                 .unwrap_or_else(|| format!("refold-{}", advertise.replace([':', '.'], "-")));
             let open: OpenHosted = {
-                let log: Arc<dyn EventLog> = store.clone();
+                let log: Arc<dyn EventStore> = store.clone();
                 let keyspaces: Arc<dyn Keyspaces> = Arc::new(keyspaces.clone());
                 Arc::new(move || open_hosted(log.clone(), keyspaces.clone()))
             };

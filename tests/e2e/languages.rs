@@ -1,7 +1,8 @@
-//! Modules in other languages: the `bank-account` reducer written in JavaScript, Python and
-//! C, and the `order-summary` projection in JavaScript, deployed into one server beside their
-//! Rust originals, hold the same state as the Rust ones and as the independent model, and
-//! pass `verify` (a rebuild gives the same state).
+//! Modules in other languages and contract versions: the `bank-account` reducer written in
+//! JavaScript, Python and C, and the `order-summary` projection in JavaScript (all guest
+//! contract 0.1), and both Rust examples built for contract 0.1 as well, deployed into one
+//! server beside the Rust originals (contract 0.2), hold the same state as the Rust ones and
+//! as the independent model, and pass `verify` (a rebuild gives the same state).
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -10,14 +11,16 @@ use crate::model;
 use crate::support::{Server, append_planned, language_example, models_from_log};
 
 /// Module name and built file: the Rust original first, then its ports.
-const REDUCERS: [(&str, &str); 4] = [
+const REDUCERS: [(&str, &str); 5] = [
     ("bank-account", "bank-account.wasm"),
+    ("bank-account-v01", "bank-account.v0.1.wasm"),
     ("bank-account-js", "bank-account-js.wasm"),
     ("bank-account-py", "bank-account-py.wasm"),
     ("bank-account-c", "bank-account-c.core.wasm"),
 ];
-const PROJECTIONS: [(&str, &str); 2] = [
+const PROJECTIONS: [(&str, &str); 3] = [
     ("order-summary", "order-summary.wasm"),
+    ("order-summary-v01", "order-summary.v0.1.wasm"),
     ("order-summary-js", "order-summary-js.wasm"),
 ];
 

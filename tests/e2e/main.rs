@@ -15,6 +15,7 @@ mod groups;
 mod languages;
 mod modules;
 mod openapi;
+mod processors;
 mod promises;
 mod reads;
 mod sandbox;

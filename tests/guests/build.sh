@@ -12,7 +12,7 @@ guests_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 dist_dir="$guests_dir/dist"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$guests_dir/target}"
 triple=wasm32-wasip2
-names=(bad-filter bad-init bank-account-fee entropy flood hostile loop-filter sandbox-probe socket-user)
+names=(bad-filter bad-init bank-account-fee entropy flood hostile loop-filter sandbox-probe shipment-ledger socket-user)
 # "\0asm", then version 0x0d 0x00 and layer 0x01 0x00: a component, not a core module.
 component_header=0061736d0d000100
 

@@ -21,6 +21,7 @@ fn open(log: &Arc<MemoryStore>, spaces: Arc<MemoryKeyspaces>, dir: &Path) -> Arc
     ModuleRegistry::open(
         Arc::new(WasmEngine::new().expect("the engine")),
         log.clone(),
+        Some(log.clone()),
         spaces,
         dir.join("compiled"),
         ModuleLimits::default(),

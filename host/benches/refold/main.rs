@@ -17,7 +17,8 @@
 //!   store, one NATS node and a 3-node JetStream cluster, beside raw JetStream publishes;
 //!   the first run installs nats-server from PyPI).
 //! - `--shapes`: also rebuild rates by the log's shape (1 M events over 10,000 and over
-//!   100,000 streams; `--shapes-large` adds 10 M events), wasm beside native.
+//!   100,000 streams; `--shapes-large` adds 10 M events; `--shapes-streams N` keeps the
+//!   shapes over N streams alone), wasm beside native.
 //! - `--only http|groups|modules|history|languages|restart|cluster|shapes`: one section alone
 //!   (`--modules-only` is `--only modules`).
 
@@ -407,7 +408,7 @@ async fn main() {
     if only == "shapes" || (only.is_empty() && flag("--shapes")) {
         println!();
         println!("## Rebuild by the log's shape (events × streams)");
-        shapes::run(flag("--shapes-large")).await;
+        shapes::run(flag("--shapes-large"), arg("--shapes-streams", 0)).await;
     }
     if only == "restart" || (only.is_empty() && flag("--restart")) {
         println!();

@@ -215,6 +215,7 @@ pub fn open_registry(store: &Arc<SledStore>, dir: &Path) -> Arc<ModuleRegistry> 
     ModuleRegistry::open(
         engine,
         store.clone(),
+        Some(store.clone()),
         store.clone(),
         dir.join("compiled"),
         ModuleLimits::default(),

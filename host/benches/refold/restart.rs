@@ -64,6 +64,7 @@ fn open_registry(dir: &Path, store: &Arc<SledStore>) -> Arc<ModuleRegistry> {
     ModuleRegistry::open(
         engine,
         store.clone(),
+        Some(store.clone()),
         store.clone(),
         dir.join("compiled"),
         ModuleLimits::default(),

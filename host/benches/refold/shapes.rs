@@ -1,4 +1,5 @@
-//! Rebuild rate by the log's shape: bank-account (wasm) and the same fold in native Rust
+//! Rebuild rate by the log's shape: bank-account (wasm, guest contract 0.1 and 0.2) and
+//! the same fold in native Rust
 //! over logs of 1 M (and, with `--shapes-large`, 10 M) events spread over 10,000 and over
 //! 100,000 streams, each measured in-process from the deploy to the checkpoint reaching the
 //! head. A log's events are appended round-robin over its streams (an account's events are
@@ -37,11 +38,14 @@ async fn fill(store: &Arc<SledStore>, shape: &Shape) {
     fill_appends(store, 0..shape.events / per_append, per_append, make).await;
 }
 
-pub async fn run(large: bool) {
+/// `streams`: only the shapes over this many streams (0: all).
+pub async fn run(large: bool, streams: u64) {
     let root = repo_root();
     build_examples(&root);
-    let bank_wasm =
+    let bank_v02 =
         std::fs::read(root.join("examples/dist/bank-account.wasm")).expect("bank-account.wasm");
+    let bank_v01 = std::fs::read(root.join("examples/dist/bank-account.v0.1.wasm"))
+        .expect("bank-account.v0.1.wasm");
     let mut shapes = vec![
         Shape {
             events: 1_000_000,
@@ -62,10 +66,11 @@ pub async fn run(large: bool) {
             streams: 100_000,
         });
     }
+    shapes.retain(|shape| streams == 0 || shape.streams == streams);
     println!(
-        "| events | streams | fill events/s | wasm 0.1 rebuild events/s | native events/s | native / wasm |"
+        "| events | streams | fill events/s | wasm 0.1 rebuild events/s | wasm 0.2 rebuild events/s | native events/s | native / 0.2 |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for shape in &shapes {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let store =
@@ -78,14 +83,16 @@ pub async fn run(large: bool) {
         let folded = native_bank_fold(&store, &ModuleState::new(tree));
         let native = folded as f64 / started.elapsed().as_secs_f64();
         let registry = open_registry(&store, dir.path());
-        let rebuilt = deploy_and_rebuild(&registry, &store, "bank-account", &bank_wasm).await;
-        let wasm = store.head() as f64 / rebuilt.rebuild.as_secs_f64();
+        let rebuilt = deploy_and_rebuild(&registry, &store, "bank-account", &bank_v01).await;
+        let v01 = store.head() as f64 / rebuilt.rebuild.as_secs_f64();
+        let rebuilt = deploy_and_rebuild(&registry, &store, "bank-account-v2", &bank_v02).await;
+        let v02 = store.head() as f64 / rebuilt.rebuild.as_secs_f64();
         registry.shutdown();
         println!(
-            "| {} | {} | {fill_rate:.0} | {wasm:.0} | {native:.0} | {:.2} |",
+            "| {} | {} | {fill_rate:.0} | {v01:.0} | {v02:.0} | {native:.0} | {:.2} |",
             shape.events,
             shape.streams,
-            native / wasm
+            native / v02
         );
     }
 }

@@ -8,9 +8,10 @@ use wasmtime::{Store, Trap};
 
 use super::bindings::projection::Projection;
 use super::bindings::reducer::Reducer;
-use super::bindings::{Event, EventFilter, StreamBatch};
+use super::bindings::v2::{self, Emitted, Events};
+use super::bindings::{EventFilter, StreamBatch};
 use super::sandbox::{self, GuestLog, GuestState, StateStore};
-use super::{CompiledModule, ModuleKind, ModuleLimits, ModulePre, WasmEngine, epoch};
+use super::{CompiledModule, Contract, ModuleKind, ModuleLimits, ModulePre, WasmEngine, epoch};
 
 /// What went wrong inside a guest call.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -105,7 +106,34 @@ pub struct Guest {
 enum Instance {
     Reducer(Reducer),
     Projection(Projection),
+    Reducer2(v2::reducer::Reducer),
+    Projection2(v2::projection::Projection),
+    Processor(v2::processor::Processor),
 }
+
+/// Why a guest refused a call's events: its message, and the event it names (an index
+/// into the call's events) when the contract lets it say.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub event: Option<u32>,
+    pub message: String,
+}
+
+impl From<v2::Failure> for Rejection {
+    fn from(failure: v2::Failure) -> Self {
+        Self {
+            event: Some(failure.event),
+            message: failure.message,
+        }
+    }
+}
+
+/// What a projection or processor call left: the guest's verdict (a processor's emitted
+/// events), and the state store back unless the call trapped.
+pub type Handled = (
+    Result<Result<Vec<Emitted>, Rejection>, GuestError>,
+    Option<Box<dyn StateStore>>,
+);
 
 /// Epoch ticks per second; see [`epoch`].
 const TICKS_PER_SECOND: u64 = 1_000 / epoch::TICK_MS;
@@ -130,6 +158,10 @@ impl Guest {
         self.module.kind
     }
 
+    pub fn contract(&self) -> Contract {
+        self.module.contract
+    }
+
     /// Another instance of the same module, with the same limits and log (made when first
     /// called), to run beside this one.
     pub fn sibling(&self) -> Guest {
@@ -152,6 +184,11 @@ impl Guest {
             let instance = match &self.module.pre {
                 ModulePre::Reducer(pre) => pre.instantiate(&mut store).map(Instance::Reducer),
                 ModulePre::Projection(pre) => pre.instantiate(&mut store).map(Instance::Projection),
+                ModulePre::Reducer2(pre) => pre.instantiate(&mut store).map(Instance::Reducer2),
+                ModulePre::Projection2(pre) => {
+                    pre.instantiate(&mut store).map(Instance::Projection2)
+                }
+                ModulePre::Processor(pre) => pre.instantiate(&mut store).map(Instance::Processor),
             }
             .map_err(|err| {
                 let mut e = GuestError::from_wasmtime(&err, &self.limits, None, &[]);
@@ -197,14 +234,31 @@ impl Guest {
         wasmtime::Error::msg("the module does not implement this world")
     }
 
+    /// Whether a live instance exists (it holds a 0.2 reducer's states).
+    pub fn is_live(&self) -> bool {
+        self.live.is_some()
+    }
+
+    /// Drops the live instance (and whatever it holds); the next call makes a fresh one.
+    pub fn kill(&mut self) {
+        self.live = None;
+    }
+
     /// The events the module wants.
     ///
     /// # Errors
     /// The call failed.
     pub fn filter(&mut self) -> Result<EventFilter, GuestError> {
+        let filter = |f: v2::EventFilter| EventFilter {
+            event_types: f.event_types,
+            categories: f.categories,
+        };
         self.call(|store, instance| match instance {
             Instance::Reducer(r) => r.call_filter(store),
             Instance::Projection(p) => p.call_filter(store),
+            Instance::Reducer2(r) => r.call_filter(store).map(filter),
+            Instance::Projection2(p) => p.call_filter(store).map(filter),
+            Instance::Processor(p) => p.call_filter(store).map(filter),
         })
     }
 
@@ -215,7 +269,8 @@ impl Guest {
     pub fn init(&mut self, stream: &str) -> Result<Vec<u8>, GuestError> {
         let state = self.call(|store, instance| match instance {
             Instance::Reducer(r) => r.call_init(store, stream),
-            Instance::Projection(_) => Err(Self::wrong_world()),
+            Instance::Reducer2(r) => r.call_init(store, stream),
+            _ => Err(Self::wrong_world()),
         })?;
         check_state(&state, self.limits.max_state_bytes).map_err(|why| {
             GuestError::new(GuestErrorKind::Contract, format!("init returned {why}"))
@@ -233,7 +288,7 @@ impl Guest {
     ) -> Result<Vec<Result<Vec<u8>, String>>, GuestError> {
         let results = self.call(|store, instance| match instance {
             Instance::Reducer(r) => r.call_apply(store, batches),
-            Instance::Projection(_) => Err(Self::wrong_world()),
+            _ => Err(Self::wrong_world()),
         })?;
         if results.len() != batches.len() {
             self.live = None;
@@ -254,28 +309,150 @@ impl Guest {
         Ok(results)
     }
 
-    /// Lets a projection handle events, reading and writing through `state`. Returns the
-    /// store back with the guest's verdict.
+    /// Folds `events` (all of `stream`, in revision order) into `state` (`None`: from the
+    /// reducer's `init`), for a reducer of either contract version: the new state, or the
+    /// guest's error message. A 0.2 instance holds nothing afterwards.
     ///
     /// # Errors
-    /// The call failed (the store's writes must then be discarded).
-    pub fn handle(
+    /// The call failed, or the module is not a reducer.
+    pub fn fold_stream(
         &mut self,
-        events: &[Event],
-        state: Box<dyn StateStore>,
-    ) -> (
-        Result<Result<(), String>, GuestError>,
-        Option<Box<dyn StateStore>>,
-    ) {
-        let mut state = Some(state);
-        let result = self.call(|store, instance| match instance {
-            Instance::Projection(p) => {
-                store.data_mut().state_store = state.take();
-                let result = p.call_handle(&mut *store, events);
-                state = store.data_mut().state_store.take();
-                result
+        stream: &str,
+        state: Option<Vec<u8>>,
+        events: &Events,
+    ) -> Result<Result<Vec<u8>, String>, GuestError> {
+        if self.contract() == Contract::V0_1 {
+            let batch = StreamBatch {
+                stream_id: stream.to_owned(),
+                state,
+                events: super::records::to_v01(events),
+            };
+            let mut results = self.apply(&[batch])?;
+            return results.pop().ok_or_else(|| {
+                GuestError::new(GuestErrorKind::Contract, "apply returned no result")
+            });
+        }
+        let mut call = Events {
+            streams: Vec::new(),
+            types: events.types.clone(),
+            text: events.text.clone(),
+            events: events.events.clone(),
+        };
+        call.events.iter_mut().for_each(|e| e.stream_index = 0);
+        let start = match state {
+            Some(state) => v2::Start::Stored(v2::StoredState {
+                stream_id: stream.to_owned(),
+                state,
+            }),
+            None => v2::Start::Fresh(stream.to_owned()),
+        };
+        let batch = v2::StreamBatch {
+            slot: 0,
+            start,
+            count: call.events.len() as u32,
+        };
+        let folded = match self.apply_held(&call, &[batch])? {
+            Ok(()) => self.save(&[0])?.pop(),
+            Err(rejection) => {
+                self.forget()?;
+                return Ok(Err(rejection.message));
             }
-            Instance::Reducer(_) => Err(Self::wrong_world()),
+        };
+        self.forget()?;
+        folded.map(Ok).ok_or_else(|| {
+            GuestError::new(
+                GuestErrorKind::Contract,
+                "save returned no state for the stream just folded",
+            )
+        })
+    }
+
+    /// Folds a 0.2 reducer's stream batches into the states its instance holds (see the
+    /// `reducer` world of `wit/0.2`).
+    ///
+    /// # Errors
+    /// The call failed; the instance is then gone, and every state it held with it.
+    pub fn apply_held(
+        &mut self,
+        events: &Events,
+        batches: &[v2::StreamBatch],
+    ) -> Result<Result<(), Rejection>, GuestError> {
+        let result = self.call(|store, instance| match instance {
+            Instance::Reducer2(r) => r.call_apply(store, events, batches),
+            _ => Err(Self::wrong_world()),
+        })?;
+        Ok(result.map_err(Rejection::from))
+    }
+
+    /// A 0.2 reducer's states held in `slots`, one per slot, in order.
+    ///
+    /// # Errors
+    /// The call failed, or a state is not JSON within the limit, or the count is wrong.
+    pub fn save(&mut self, slots: &[u32]) -> Result<Vec<Vec<u8>>, GuestError> {
+        let saved = self.call(|store, instance| match instance {
+            Instance::Reducer2(r) => r.call_save(store, slots),
+            _ => Err(Self::wrong_world()),
+        })?;
+        let broken = if saved.len() == slots.len() {
+            saved
+                .iter()
+                .find_map(|state| check_state(state, self.limits.max_state_bytes).err())
+                .map(|why| format!("save returned {why}"))
+        } else {
+            Some(format!(
+                "save returned {} states for {} slots",
+                saved.len(),
+                slots.len()
+            ))
+        };
+        if let Some(message) = broken {
+            self.live = None;
+            return Err(GuestError::new(GuestErrorKind::Contract, message));
+        }
+        Ok(saved)
+    }
+
+    /// Lets a 0.2 reducer drop every state it holds.
+    ///
+    /// # Errors
+    /// The call failed.
+    pub fn forget(&mut self) -> Result<(), GuestError> {
+        if self.live.is_none() {
+            return Ok(());
+        }
+        self.call(|store, instance| match instance {
+            Instance::Reducer2(r) => r.call_forget(store),
+            _ => Err(Self::wrong_world()),
+        })
+    }
+
+    /// Lets a projection or processor handle events, reading and writing through `state`.
+    /// A 0.1 projection gets the events as 0.1 records. Returns the store back with the
+    /// guest's verdict: a processor's events to append, nothing for a projection.
+    pub fn handle(&mut self, events: &Events, state: Box<dyn StateStore>) -> Handled {
+        let mut state = Some(state);
+        let v01 = matches!(self.contract(), Contract::V0_1).then(|| super::records::to_v01(events));
+        let result = self.call(|store, instance| {
+            store.data_mut().state_store = state.take();
+            let result = match instance {
+                Instance::Projection(p) => p
+                    .call_handle(&mut *store, v01.as_deref().unwrap_or_default())
+                    .map(|r| {
+                        r.map(|()| Vec::new()).map_err(|message| Rejection {
+                            event: None,
+                            message,
+                        })
+                    }),
+                Instance::Projection2(p) => p
+                    .call_handle(&mut *store, events)
+                    .map(|r| r.map(|()| Vec::new()).map_err(Rejection::from)),
+                Instance::Processor(p) => p
+                    .call_process(&mut *store, events)
+                    .map(|r| r.map_err(Rejection::from)),
+                _ => Err(Self::wrong_world()),
+            };
+            state = store.data_mut().state_store.take();
+            result
         });
         (result, state)
     }

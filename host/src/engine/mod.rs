@@ -11,6 +11,7 @@
 pub mod bindings;
 mod epoch;
 mod guest;
+pub mod records;
 pub mod sandbox;
 mod state_store;
 
@@ -22,7 +23,8 @@ use wasmtime::{Config, Engine, Store};
 
 use bindings::projection::{Projection, ProjectionPre};
 use bindings::reducer::{Reducer, ReducerPre};
-pub use guest::{Guest, GuestError, GuestErrorKind, check_state};
+use bindings::v2;
+pub use guest::{Guest, GuestError, GuestErrorKind, Handled, Rejection, check_state};
 use sandbox::{GuestLog, GuestState};
 
 /// Limits on one module's instance, and on every host-side buffer a guest can grow in one
@@ -80,6 +82,44 @@ impl Default for ModuleLimits {
 pub enum ModuleKind {
     Reducer,
     Projection,
+    /// A projection whose calls return events to append (contract 0.2).
+    Processor,
+}
+
+impl ModuleKind {
+    /// The world's name in the WIT.
+    pub fn world(self) -> &'static str {
+        match self {
+            ModuleKind::Reducer => "reducer",
+            ModuleKind::Projection => "projection",
+            ModuleKind::Processor => "processor",
+        }
+    }
+
+    /// Whether the module keeps a key-value read model (a projection or a processor).
+    pub fn has_key_value_state(self) -> bool {
+        matches!(self, ModuleKind::Projection | ModuleKind::Processor)
+    }
+}
+
+/// Which version of the guest contract (`refold:projection`) a module implements.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub enum Contract {
+    #[serde(rename = "0.1")]
+    V0_1,
+    #[serde(rename = "0.2")]
+    V0_2,
+}
+
+impl Contract {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "0.1",
+            Contract::V0_2 => "0.2",
+        }
+    }
 }
 
 /// Why an upload was refused.
@@ -133,6 +173,7 @@ fn sealed_wasi(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
 /// A module ready to instantiate.
 pub struct CompiledModule {
     pub kind: ModuleKind,
+    pub contract: Contract,
     component: Component,
     pre: ModulePre,
 }
@@ -140,6 +181,9 @@ pub struct CompiledModule {
 enum ModulePre {
     Reducer(ReducerPre<GuestState>),
     Projection(ProjectionPre<GuestState>),
+    Reducer2(v2::reducer::ReducerPre<GuestState>),
+    Projection2(v2::projection::ProjectionPre<GuestState>),
+    Processor(v2::processor::ProcessorPre<GuestState>),
 }
 
 impl CompiledModule {
@@ -152,11 +196,14 @@ impl CompiledModule {
     }
 }
 
-/// The engine and the two linkers, shared by every module.
+/// The engine and a linker per world, shared by every module.
 pub struct WasmEngine {
     engine: Engine,
     reducer_linker: Linker<GuestState>,
     projection_linker: Linker<GuestState>,
+    reducer2_linker: Linker<GuestState>,
+    projection2_linker: Linker<GuestState>,
+    processor_linker: Linker<GuestState>,
     _ticker: epoch::EpochTicker,
 }
 
@@ -175,22 +222,34 @@ impl WasmEngine {
             .max_wasm_stack(1024 * 1024);
         let engine = Engine::new(&config)?;
 
-        let mut reducer_linker = Linker::new(&engine);
-        sealed_wasi(&mut reducer_linker)?;
-        Reducer::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut reducer_linker, |s| s)?;
-
-        let mut projection_linker = Linker::new(&engine);
-        sealed_wasi(&mut projection_linker)?;
-        Projection::add_to_linker::<GuestState, HasSelf<GuestState>>(
-            &mut projection_linker,
-            |s| s,
-        )?;
+        let linker = |add: &dyn Fn(&mut Linker<GuestState>) -> wasmtime::Result<()>| -> wasmtime::Result<Linker<GuestState>> {
+            let mut linker = Linker::new(&engine);
+            sealed_wasi(&mut linker)?;
+            add(&mut linker)?;
+            Ok(linker)
+        };
+        let reducer_linker =
+            linker(&|l| Reducer::add_to_linker::<GuestState, HasSelf<GuestState>>(l, |s| s))?;
+        let projection_linker =
+            linker(&|l| Projection::add_to_linker::<GuestState, HasSelf<GuestState>>(l, |s| s))?;
+        let reducer2_linker = linker(&|l| {
+            v2::reducer::Reducer::add_to_linker::<GuestState, HasSelf<GuestState>>(l, |s| s)
+        })?;
+        let projection2_linker = linker(&|l| {
+            v2::projection::Projection::add_to_linker::<GuestState, HasSelf<GuestState>>(l, |s| s)
+        })?;
+        let processor_linker = linker(&|l| {
+            v2::processor::Processor::add_to_linker::<GuestState, HasSelf<GuestState>>(l, |s| s)
+        })?;
 
         let ticker = epoch::EpochTicker::start(engine.clone());
         Ok(Self {
             engine,
             reducer_linker,
             projection_linker,
+            reducer2_linker,
+            projection2_linker,
+            processor_linker,
             _ticker: ticker,
         })
     }
@@ -272,51 +331,74 @@ impl WasmEngine {
                 refused.join(", ")
             )));
         }
+        let imports_v2 = ty
+            .imports(&self.engine)
+            .any(|(name, _)| name.starts_with("refold:projection/") && name.ends_with("@0.2.0"));
         let exports: Vec<String> = ty
             .exports(&self.engine)
             .map(|(n, _)| n.to_owned())
             .collect();
         let has = |name: &str| exports.iter().any(|e| e == name);
-        let kind = if has("apply") || has("init") {
-            ModuleKind::Reducer
+        let (kind, contract) = if has("process") {
+            (ModuleKind::Processor, Contract::V0_2)
+        } else if has("apply") || has("init") {
+            let v2 = imports_v2 || has("save") || has("forget");
+            (
+                ModuleKind::Reducer,
+                if v2 { Contract::V0_2 } else { Contract::V0_1 },
+            )
         } else if has("handle") {
-            ModuleKind::Projection
+            let v2 = imports_v2;
+            (
+                ModuleKind::Projection,
+                if v2 { Contract::V0_2 } else { Contract::V0_1 },
+            )
         } else {
             return Err(UploadError::Incompatible(format!(
                 "the component implements no Refold world: a reducer exports filter, init and \
-                 apply; a projection exports filter and handle; this one exports [{}]",
+                 apply (and in contract 0.2 save and forget); a projection exports filter and \
+                 handle; a processor exports filter and process; this one exports [{}]",
                 exports.join(", ")
             )));
         };
         let world_error = |err: wasmtime::Error| {
             UploadError::Incompatible(format!(
-                "the component does not match the refold:projection/{} world: {err:#}",
-                match kind {
-                    ModuleKind::Reducer => "reducer",
-                    ModuleKind::Projection => "projection",
+                "the component does not match the refold:projection/{}@{} world: {err:#}",
+                kind.world(),
+                match contract {
+                    Contract::V0_1 => "0.1.0",
+                    Contract::V0_2 => "0.2.0",
                 }
             ))
         };
-        let pre = match kind {
-            ModuleKind::Reducer => ModulePre::Reducer(
-                ReducerPre::new(
-                    self.reducer_linker
-                        .instantiate_pre(&component)
-                        .map_err(world_error)?,
-                )
-                .map_err(world_error)?,
+        let linker = match (kind, contract) {
+            (ModuleKind::Reducer, Contract::V0_1) => &self.reducer_linker,
+            (ModuleKind::Projection, Contract::V0_1) => &self.projection_linker,
+            (ModuleKind::Reducer, Contract::V0_2) => &self.reducer2_linker,
+            (ModuleKind::Projection, Contract::V0_2) => &self.projection2_linker,
+            (ModuleKind::Processor, _) => &self.processor_linker,
+        };
+        let instance_pre = linker.instantiate_pre(&component).map_err(world_error)?;
+        let pre = match (kind, contract) {
+            (ModuleKind::Reducer, Contract::V0_1) => {
+                ModulePre::Reducer(ReducerPre::new(instance_pre).map_err(world_error)?)
+            }
+            (ModuleKind::Projection, Contract::V0_1) => {
+                ModulePre::Projection(ProjectionPre::new(instance_pre).map_err(world_error)?)
+            }
+            (ModuleKind::Reducer, Contract::V0_2) => ModulePre::Reducer2(
+                v2::reducer::ReducerPre::new(instance_pre).map_err(world_error)?,
             ),
-            ModuleKind::Projection => ModulePre::Projection(
-                ProjectionPre::new(
-                    self.projection_linker
-                        .instantiate_pre(&component)
-                        .map_err(world_error)?,
-                )
-                .map_err(world_error)?,
+            (ModuleKind::Projection, Contract::V0_2) => ModulePre::Projection2(
+                v2::projection::ProjectionPre::new(instance_pre).map_err(world_error)?,
+            ),
+            (ModuleKind::Processor, _) => ModulePre::Processor(
+                v2::processor::ProcessorPre::new(instance_pre).map_err(world_error)?,
             ),
         };
         Ok(CompiledModule {
             kind,
+            contract,
             component,
             pre,
         })

@@ -1,11 +1,15 @@
-//! The `state-store` import as the host serves it to a projection during a `handle` call:
-//! each write charged against the call's budget, every failure kept for the guest's error.
+//! The `state-store` import as the host serves it to a projection or processor during a
+//! call (the same for both contract versions): each write charged against the call's
+//! budget, every failure kept for the guest's error.
 
 use super::ENTRY_OVERHEAD_BYTES;
 use super::bindings::{self, state_store};
 use super::sandbox::{GuestState, Scan, StateStore};
 
 impl bindings::reducer::refold::projection::types::Host for GuestState {}
+impl bindings::v2::reducer::refold::projection::types::Host for GuestState {}
+impl bindings::v2::reducer::refold::projection::reducing::Host for GuestState {}
+impl bindings::v2::processor::refold::projection::emitting::Host for GuestState {}
 
 impl GuestState {
     fn with_state_store<R>(
@@ -55,35 +59,67 @@ impl GuestState {
     }
 }
 
-impl state_store::Host for GuestState {
-    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        self.with_state_store(|s| s.get(&key))
+/// The state store's calls, as both contract versions import them.
+impl GuestState {
+    fn store_get(&mut self, key: &str) -> wasmtime::Result<Option<Vec<u8>>> {
+        self.with_state_store(|s| s.get(key))
     }
 
-    fn put(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+    fn store_put(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
         self.charge_write(&key, value.len())?;
         self.with_state_store(|s| s.put(key, value))
     }
 
-    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+    fn store_delete(&mut self, key: String) -> wasmtime::Result<()> {
         self.charge_write(&key, 0)?;
         self.with_state_store(|s| s.delete(key))
     }
 
-    fn scan(
+    fn store_scan(
         &mut self,
-        prefix: String,
-        start_after: Option<String>,
+        prefix: &str,
+        start_after: Option<&str>,
         limit: u32,
     ) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
         let max_bytes = self.max_scan_bytes;
         self.with_state_store(|s| {
             s.scan(Scan {
-                prefix: &prefix,
-                start_after: start_after.as_deref(),
+                prefix,
+                start_after,
                 limit: limit as usize,
                 max_bytes,
             })
         })
     }
 }
+
+/// Implements a version's generated `state-store` trait by the calls above.
+macro_rules! state_store_host {
+    ($host:path) => {
+        impl $host for GuestState {
+            fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+                self.store_get(&key)
+            }
+
+            fn put(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+                self.store_put(key, value)
+            }
+
+            fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+                self.store_delete(key)
+            }
+
+            fn scan(
+                &mut self,
+                prefix: String,
+                start_after: Option<String>,
+                limit: u32,
+            ) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+                self.store_scan(&prefix, start_after.as_deref(), limit)
+            }
+        }
+    };
+}
+
+state_store_host!(state_store::Host);
+state_store_host!(bindings::v2::state_store::Host);

@@ -230,6 +230,7 @@ mod tests {
         let modules = ModuleRegistry::open(
             engine,
             store.clone(),
+            Some(store.clone()),
             store.clone(),
             dir.path().join("compiled"),
             ModuleLimits::default(),

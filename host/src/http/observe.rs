@@ -59,7 +59,7 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
         .render(&mut out, "refold_append_duration_seconds", "");
 
     let modules = app.hosted.modules().map(|m| m.list()).unwrap_or_default();
-    let per_module: [(&str, &str, &str); 5] = [
+    let per_module: [(&str, &str, &str); 6] = [
         (
             "refold_module_checkpoint",
             "gauge",
@@ -81,6 +81,11 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
             "Events the module stepped over.",
         ),
         (
+            "refold_module_emitted_total",
+            "counter",
+            "Events a processor emitted and the store appended (0 for other kinds).",
+        ),
+        (
             "refold_module_faulted",
             "gauge",
             "1 while the module is faulted.",
@@ -99,6 +104,7 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
                 "refold_module_dead_letters_total" => {
                     module.counters.dead_letters.load(Ordering::Relaxed)
                 }
+                "refold_module_emitted_total" => module.counters.emitted.load(Ordering::Relaxed),
                 _ => u64::from(progress.status == Status::Faulted),
             };
             out += &format!("{name}{{module=\"{}\"}} {value}\n", label(&module.name));

@@ -60,6 +60,7 @@ fn summary(module: &DeployedModule, head: u64) -> Value {
     let mut value = json!({
         "name": module.name,
         "kind": module.kind,
+        "contract": module.contract().as_str(),
         "version": module.version,
         "status": progress.status,
         "position": progress.checkpoint,
@@ -242,6 +243,9 @@ pub async fn details(
         "batches": counters.batches.load(Ordering::Relaxed),
         "busy_ms": counters.busy_micros.load(Ordering::Relaxed) / 1_000,
     });
+    if module.kind == crate::engine::ModuleKind::Processor {
+        value["counters"]["emitted"] = counters.emitted.load(Ordering::Relaxed).into();
+    }
     value["limits"] = json!({
         "memory_bytes": module.limits.memory_bytes,
         "call_timeout_ms": module.limits.call_timeout.as_millis() as u64,

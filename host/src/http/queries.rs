@@ -89,13 +89,16 @@ pub fn state_json(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).unwrap_or_else(|_| String::from_utf8_lossy(bytes).into())
 }
 
+/// A query of per-stream state (`Reducer`) or of keys (`Projection`, which processors
+/// have too) must go to a module that has it.
 fn require_kind(module: &DeployedModule, kind: ModuleKind) -> Result<(), ApiError> {
-    if module.kind == kind {
+    if module.kind.has_key_value_state() == kind.has_key_value_state() {
         return Ok(());
     }
-    let (what, instead) = match kind {
-        ModuleKind::Reducer => ("per-stream state", "/state/{key} or /state?prefix="),
-        ModuleKind::Projection => ("keys", "/streams/{stream}"),
+    let (what, instead) = if kind.has_key_value_state() {
+        ("keys", "/streams/{stream}")
+    } else {
+        ("per-stream state", "/state/{key} or /state?prefix=")
     };
     Err(ApiError::bad_request(
         "wrong_module_kind",

@@ -4,9 +4,8 @@
 //! stream).
 
 use super::error::ModuleError;
-use super::runner::{to_guest_event, wanted_by};
+use super::runner::{CallEvents, wanted_by};
 use super::version::DeployedModule;
-use crate::engine::bindings::StreamBatch;
 use crate::engine::{GuestError, GuestErrorKind, ModuleKind};
 use crate::store::{EventLog, StoreError, StreamName, StreamRead, StreamRevision, first_where};
 
@@ -85,8 +84,9 @@ pub(super) fn stream_state_at(
 ) -> Result<Option<PastState>, ModuleError> {
     if module.kind != ModuleKind::Reducer {
         return Err(ModuleError::WrongKind(format!(
-            "module {} is a projection and has no per-stream state; query /state/{{key}} or /state?prefix= instead",
-            module.name
+            "module {} is a {} and has no per-stream state; query /state/{{key}} or /state?prefix= instead",
+            module.name,
+            module.kind.world()
         )));
     }
     let Some(target) = revision_at(log, stream, point)? else {
@@ -111,25 +111,19 @@ pub(super) fn stream_state_at(
         let Some(last) = slice.events.last().map(|e| e.revision) else {
             break;
         };
-        let events: Vec<_> = slice
+        let mut events = CallEvents::default();
+        for e in slice
             .events
             .iter()
             .filter(|e| filter.matches(&e.stream, &e.event_type) && !skipped.contains(&e.position))
-            .map(|e| to_guest_event(&e.as_ref()))
-            .collect();
-        if !events.is_empty() {
+        {
+            events.push(&e.as_ref());
+        }
+        if events.len() > 0 {
             replayed += events.len() as u64;
-            let batch = StreamBatch {
-                stream_id: stream.as_str().to_owned(),
-                state: state.take(),
-                events,
-            };
-            let mut results = guest
-                .apply(&[batch])
-                .map_err(|e| guest_failed(stream, "apply", e))?;
-            let bytes = results
-                .pop()
-                .ok_or_else(|| failed("the replay failed", "no result"))?
+            let bytes = guest
+                .fold_stream(stream.as_str(), state.take(), &events.finish())
+                .map_err(|e| guest_failed(stream, "apply", e))?
                 .map_err(|message| {
                     guest_failed(
                         stream,

@@ -116,6 +116,8 @@ pub struct Counters {
     pub batches: AtomicU64,
     pub busy_micros: AtomicU64,
     pub dead_letters: AtomicU64,
+    /// Events a processor emitted and the store appended.
+    pub emitted: AtomicU64,
     /// Time per batch handed to the guest.
     pub batch_duration: crate::metrics::Histogram,
 }

@@ -228,6 +228,7 @@ impl Life {
             self.module.settings.on_error,
             Default::default(),
         )
+        .emitting(self.module.emitter())
         .on_caught_up(move || caught_up());
         self.runner = Some(runner);
         self.mode = Mode::Following;

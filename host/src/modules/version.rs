@@ -9,9 +9,10 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::model::{Counters, Fault, ModuleSettings, Progress, Rebuild, Status};
+use super::runner::Emitter;
 use super::state::ModuleState;
 use crate::engine::sandbox::GuestLog;
-use crate::engine::{CompiledModule, Guest, ModuleKind, ModuleLimits, WasmEngine};
+use crate::engine::{CompiledModule, Contract, Guest, ModuleKind, ModuleLimits, WasmEngine};
 use crate::store::GlobalPosition;
 
 /// Who a version is and what it runs, as persisted and shown.
@@ -28,6 +29,8 @@ pub struct Identity {
 pub(super) struct Code {
     pub engine: Arc<WasmEngine>,
     pub compiled: Arc<CompiledModule>,
+    /// Where a processor's emissions are appended.
+    pub emitter: Option<Arc<Emitter>>,
 }
 
 pub struct DeployedModule {
@@ -104,6 +107,15 @@ impl DeployedModule {
     }
 
     /// A fresh instance of this version's code, with its limits and log.
+    /// Which guest contract the version implements.
+    pub fn contract(&self) -> Contract {
+        self.code.compiled.contract
+    }
+
+    pub(super) fn emitter(&self) -> Option<Arc<Emitter>> {
+        self.code.emitter.clone()
+    }
+
     pub(super) fn new_guest(&self) -> Guest {
         Guest::new(
             self.code.engine.clone(),

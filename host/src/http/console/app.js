@@ -1450,6 +1450,9 @@ async function pageModule(view, page) {
       stat("Lag", h("div", { class: `stat-value ${m.lag > 0 ? "lagging" : ""}`, "data-testid": "module-lag" }, num(m.lag)), h("div", { class: "stat-note" }, "events behind")),
       stat("Events processed", h("div", { class: "stat-value", "data-testid": "module-events" }, num(counters.events_processed)), h("div", { class: "stat-note" }, `${num(counters.batches)} batches · ${num(counters.busy_ms)} ms busy`)),
       stat("Dead letters", h("div", { class: "stat-value", "data-testid": "module-dead-letters" }, num(counters.dead_letters))),
+      ...(counters.emitted === undefined ? [] : [
+        stat("Emitted", h("div", { class: "stat-value", "data-testid": "module-emitted" }, num(counters.emitted)), h("div", { class: "stat-note" }, "events appended")),
+      ]),
       stat("Deployed", h("div", { class: "stat-value small-value", title: m.deployed_at }, m.deployed_at ? ago(Date.now() - Date.parse(m.deployed_at)) : "—"), h("div", { class: "stat-note" }, `${bytes(m.size_bytes)} component`)));
 
     const current = (m.versions || []).find((v) => v.role === "current");

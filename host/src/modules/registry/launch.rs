@@ -9,11 +9,12 @@ use parking_lot::Mutex;
 use super::super::error::ModuleError;
 use super::super::model::{Progress, Status};
 use super::super::owner::{CaughtUp, Owner};
+use super::super::runner::Emitter;
 use super::super::state::ModuleState;
 use super::super::version::{Code, DeployedModule, Identity};
 use super::entry::{ModuleEntry, Slot, state_space};
 use super::records::{ModuleRecord, Records, VersionRecord};
-use crate::engine::{CompiledModule, ModuleLimits, WasmEngine};
+use crate::engine::{CompiledModule, ModuleKind, ModuleLimits, WasmEngine};
 use crate::store::{EventLog, Keyspaces};
 
 /// What the registry's housekeeping thread is told.
@@ -29,6 +30,8 @@ pub(super) struct Launcher {
     pub engine: Arc<WasmEngine>,
     pub log: Arc<dyn EventLog>,
     pub keyspaces: Arc<dyn Keyspaces>,
+    /// Where processors append; none when the modules run over a log they cannot write.
+    pub emitter: Option<Arc<Emitter>>,
     pub defaults: ModuleLimits,
     pub notices: Mutex<Sender<Notice>>,
 }
@@ -64,6 +67,9 @@ impl Launcher {
             state,
             Code {
                 engine: self.engine.clone(),
+                emitter: (compiled.kind == ModuleKind::Processor)
+                    .then(|| self.emitter.clone())
+                    .flatten(),
                 compiled,
             },
             Progress {

@@ -41,11 +41,12 @@ use super::error::ModuleError;
 use super::history::{self, PastState, Point};
 use super::model::{ModuleSettings, Status, now_rfc3339, validate_name};
 use super::owner::Owner;
+use super::runner::Emitter;
 use super::state::ModuleState;
 use super::verify::{self, Scratch, Verification};
 use super::version::{DeployedModule, Identity};
-use crate::engine::{ModuleLimits, WasmEngine};
-use crate::store::{EventLog, GlobalPosition, Keyspaces, StreamName};
+use crate::engine::{ModuleKind, ModuleLimits, UploadError, WasmEngine};
+use crate::store::{EventLog, EventStore, GlobalPosition, Keyspaces, StreamName};
 
 /// The outcome of a deploy.
 pub struct Deployed {
@@ -80,6 +81,7 @@ impl ModuleRegistry {
     pub fn open(
         engine: Arc<WasmEngine>,
         log: Arc<dyn EventLog>,
+        appender: Option<Arc<dyn EventStore>>,
         keyspaces: Arc<dyn Keyspaces>,
         compiled_dir: PathBuf,
         defaults: ModuleLimits,
@@ -92,6 +94,7 @@ impl ModuleRegistry {
                 engine,
                 log,
                 keyspaces,
+                emitter: appender.map(|store| Arc::new(Emitter::new(store))),
                 defaults,
                 notices: Mutex::new(notices),
             },
@@ -193,6 +196,13 @@ impl ModuleRegistry {
             Some(compiled) => compiled,
             None => Arc::new(self.records.compile(&version, bytes)?),
         };
+        if compiled.kind == ModuleKind::Processor && self.launcher.emitter.is_none() {
+            return Err(ModuleError::Upload(UploadError::Incompatible(
+                "the component is a processor, but these modules run over a log they cannot \
+                 append to: processors need a store that takes appends"
+                    .into(),
+            )));
+        }
         let record = VersionRecord {
             version: version.clone(),
             kind: compiled.kind,

@@ -12,6 +12,7 @@
 //! policy decides: `halt` stops it there, `skip` records the event as a dead letter and
 //! goes on.
 
+mod emit;
 mod fold;
 mod reader;
 
@@ -27,11 +28,12 @@ use self::reader::{Next, Prefetch, Selection};
 use super::model::{Fault, FaultPolicy, Status, now_rfc3339};
 use super::state::{Changes, DeadLetter};
 use super::version::DeployedModule;
-use crate::engine::GuestErrorKind;
-use crate::engine::bindings::Event;
+use crate::engine::bindings::v2::Events;
+use crate::engine::{GuestErrorKind, records};
 use crate::store::{EventLog, GlobalPosition};
 
-pub(super) use self::reader::{to_guest_event, wanted_by};
+pub use self::emit::Emitter;
+pub(super) use self::reader::{CallEvents, wanted_by};
 
 /// Uncommitted work is committed once it holds this many events...
 const COMMIT_EVERY_EVENTS: u64 = 50_000;
@@ -68,6 +70,8 @@ pub(super) struct Runner {
     dirty: bool,
     /// Called when the runner catches up after a rebuild.
     on_caught_up: Option<Box<dyn FnMut() + Send>>,
+    /// Where a processor's emissions go; none when they are dropped (verify, replay).
+    emitter: Option<Arc<Emitter>>,
 }
 
 impl Runner {
@@ -89,7 +93,15 @@ impl Runner {
             pending: Pending::default(),
             dirty: false,
             on_caught_up: None,
+            emitter: None,
         }
+    }
+
+    /// Appends what a processor emits (a runner without it drops emissions: a verify or
+    /// replay must not act).
+    pub(super) fn emitting(mut self, emitter: Option<Arc<Emitter>>) -> Self {
+        self.emitter = emitter;
+        self
     }
 
     /// Calls `then` each time the runner catches up after rebuilding.
@@ -157,7 +169,7 @@ impl Runner {
                 // Nothing read ahead: if everything durable is processed, commit now (live
                 // lag is this commit), then wait for the reader.
                 if self.pending.next >= *head.borrow_and_update() {
-                    self.catch_up()?;
+                    self.catch_up(&selection)?;
                 }
                 next = match self.folder.sibling_time_left() {
                     Some(left) => match reader.next_within(left) {
@@ -182,7 +194,7 @@ impl Runner {
                 Next::Stopped => break Stopped::LogClosed,
             }
         };
-        self.commit().map_err(|f| self.fault_from(None, f))?;
+        self.commit_or_replay(&selection)?;
         Ok(stopped)
     }
 
@@ -195,7 +207,7 @@ impl Runner {
         loop {
             let durable = to.min(self.log.head());
             if self.pending.next >= durable {
-                return self.commit().map_err(|f| self.fault_from(None, f));
+                return self.commit_or_replay(&selection);
             }
             let batch = selection.collect(&*self.log, self.pending.next, durable);
             self.step(batch, &selection)?;
@@ -214,8 +226,8 @@ impl Runner {
     }
 
     /// Everything durable is processed: commit, publish `running`, let the sibling go.
-    fn catch_up(&mut self) -> Result<(), Fault> {
-        self.commit().map_err(|f| self.fault_from(None, f))?;
+    fn catch_up(&mut self, selection: &Selection) -> Result<(), Fault> {
+        self.commit_or_replay(selection)?;
         let rebuilt = self.module.status() == Status::Rebuilding;
         self.folder.release_idle_sibling(rebuilt);
         self.publish(Some(Status::Running));
@@ -231,9 +243,9 @@ impl Runner {
     fn step(&mut self, batch: reader::Batch, selection: &Selection) -> Result<bool, Fault> {
         let (events, scanned_to) =
             batch.map_err(|err| self.storage_fault(format!("reading the log failed: {err}")))?;
-        let count = events.len() as u64;
+        let count = events.events.len() as u64;
         let started = Instant::now();
-        let outcome = if events.is_empty() {
+        let outcome = if events.events.is_empty() {
             Ok(())
         } else {
             self.folder
@@ -248,6 +260,7 @@ impl Runner {
             }
             if self.pending.events >= COMMIT_EVERY_EVENTS
                 || self.pending.bytes >= COMMIT_EVERY_BYTES
+                || self.folder.holds_too_much()
                 || self
                     .pending
                     .since
@@ -266,12 +279,41 @@ impl Runner {
         Ok(true)
     }
 
+    /// Commits what is pending; if that fails (a processor's emission refused, a storage
+    /// failure), replays the uncommitted events one at a time, so that the fault names the
+    /// event and the module's policy decides.
+    fn commit_or_replay(&mut self, selection: &Selection) -> Result<(), Fault> {
+        let until = self.pending.next;
+        if self.commit().is_ok() {
+            return Ok(());
+        }
+        self.pending = Pending::at(self.checkpoint);
+        self.folder.forget_states();
+        self.replay_one_by_one(selection, until)
+    }
+
     /// Commits the pending changes with the checkpoint they reach, and publishes it.
     fn commit(&mut self) -> Result<(), Failure> {
         let next = self.pending.next;
         let pending = std::mem::replace(&mut self.pending, Pending::at(next));
         if next == self.checkpoint {
             return Ok(());
+        }
+        let mut pending = pending;
+        self.folder.save(&mut pending)?;
+        // Emissions first: if the commit below does not happen, the events are processed
+        // again and emit the same ids, which append nothing.
+        let emissions = std::mem::take(&mut pending.emitted);
+        if let Some(emitter) = &self.emitter
+            && !emissions.is_empty()
+        {
+            let appended = emitter
+                .append(&self.module.name, emissions)
+                .map_err(|(_, failure)| failure)?;
+            self.module
+                .counters
+                .emitted
+                .fetch_add(appended, Ordering::Relaxed);
         }
         let mut changes = match pending.overlay {
             Some(overlay) => overlay.into_changes(),
@@ -317,18 +359,22 @@ impl Runner {
 
     /// Folds `singles` one call and one commit each; a failing event faults the module
     /// (`halt`) or is dead-lettered (`skip`).
-    fn fold_one_by_one(&mut self, singles: Vec<Event>) -> Result<(), Fault> {
-        for event in singles {
+    fn fold_one_by_one(&mut self, singles: Events) -> Result<(), Fault> {
+        for (i, event) in singles.events.iter().enumerate() {
             let position = event.position;
             let (id, stream, event_type) = (
-                event.id.clone(),
-                event.stream_id.clone(),
-                event.event_type.clone(),
+                records::id_of(event).hyphenated().to_string(),
+                records::stream_of(&singles, i).to_owned(),
+                records::type_of(&singles, i).to_owned(),
             );
             let started = Instant::now();
             let outcome = self
                 .folder
-                .fold(vec![event], &self.module.state, &mut self.pending)
+                .fold(
+                    reader::one_of(&singles, i),
+                    &self.module.state,
+                    &mut self.pending,
+                )
                 .and_then(|()| {
                     self.pending.next = position + 1;
                     self.commit()

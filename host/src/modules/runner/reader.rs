@@ -3,7 +3,7 @@
 //! with the previous batch. Reading and converting cost about a third of a rebuild;
 //! overlapped, they cost nothing on a second core.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::engine::bindings::{self, Event};
+use crate::engine::bindings::v2::{Event, Events, Span};
+use crate::engine::bindings::{self};
 use crate::engine::{Guest, GuestError};
 use crate::store::{EventFilter, EventLog, EventRef, GlobalPosition, StoreError};
 
@@ -24,20 +25,98 @@ const MAX_SCAN_EVENTS: usize = 100_000;
 const AHEAD: usize = 2;
 
 /// One batch: the wanted events, and the position scanning stopped at.
-pub(super) type Batch = Result<(Vec<Event>, GlobalPosition), StoreError>;
+pub(super) type Batch = Result<(Events, GlobalPosition), StoreError>;
 
-/// An event as the guest receives it.
-pub(in crate::modules) fn to_guest_event(event: &EventRef<'_>) -> Event {
-    Event {
-        id: event.id.hyphenated().to_string(),
-        stream_id: event.stream.to_owned(),
-        revision: event.revision,
-        position: event.position,
-        event_type: event.event_type.to_owned(),
-        data: event.data.to_owned(),
-        metadata: event.metadata.to_owned(),
-        recorded_at: u64::try_from(event.recorded_at_micros).unwrap_or(0),
+/// Builds the events of one guest call from events read from the log: each stream name
+/// and type once, every payload and metadata copied into one buffer.
+pub(in crate::modules) struct CallEvents {
+    events: Events,
+    streams: HashMap<String, u32>,
+    types: HashMap<String, u32>,
+}
+
+impl Default for CallEvents {
+    fn default() -> Self {
+        Self {
+            events: Events {
+                streams: Vec::new(),
+                types: Vec::new(),
+                text: Vec::new(),
+                events: Vec::new(),
+            },
+            streams: HashMap::new(),
+            types: HashMap::new(),
+        }
     }
+}
+
+impl CallEvents {
+    pub(in crate::modules) fn push(&mut self, event: &EventRef<'_>) {
+        let stream_index = intern(&mut self.streams, &mut self.events.streams, event.stream);
+        let type_index = intern(&mut self.types, &mut self.events.types, event.event_type);
+        let data = append_text(&mut self.events.text, event.data);
+        let metadata =
+            (event.metadata != "{}").then(|| append_text(&mut self.events.text, event.metadata));
+        let (id_hi, id_lo) = event.id.as_u64_pair();
+        self.events.events.push(Event {
+            id_hi,
+            id_lo,
+            stream_index,
+            revision: event.revision,
+            position: event.position,
+            type_index,
+            data,
+            metadata,
+            recorded_at: u64::try_from(event.recorded_at_micros).unwrap_or(0),
+        });
+    }
+
+    pub(in crate::modules) fn len(&self) -> usize {
+        self.events.events.len()
+    }
+
+    pub(in crate::modules) fn finish(self) -> Events {
+        self.events
+    }
+}
+
+fn intern(index: &mut HashMap<String, u32>, names: &mut Vec<String>, name: &str) -> u32 {
+    if let Some(&i) = index.get(name) {
+        return i;
+    }
+    let i = names.len() as u32;
+    names.push(name.to_owned());
+    index.insert(name.to_owned(), i);
+    i
+}
+
+fn append_text(text: &mut Vec<u8>, value: &str) -> Span {
+    let offset = text.len() as u32;
+    text.extend_from_slice(value.as_bytes());
+    Span {
+        offset,
+        len: value.len() as u32,
+    }
+}
+
+/// The `index`th event of `events` alone, as a call of its own.
+pub(in crate::modules) fn one_of(events: &Events, index: usize) -> Events {
+    use crate::engine::records::text;
+    let mut one = CallEvents::default();
+    if let Some(e) = events.events.get(index) {
+        let metadata = e.metadata.map_or("{}", |m| text(events, m));
+        one.push(&EventRef {
+            id: crate::engine::records::id_of(e),
+            stream: crate::engine::records::stream_of(events, index),
+            revision: e.revision,
+            position: e.position,
+            event_type: crate::engine::records::type_of(events, index),
+            data: text(events, e.data),
+            metadata,
+            recorded_at_micros: i64::try_from(e.recorded_at).unwrap_or(i64::MAX),
+        });
+    }
+    one.finish()
 }
 
 /// The events `guest` wants, as a log filter (an empty list means all).
@@ -71,18 +150,18 @@ impl Selection {
         from: GlobalPosition,
         durable: GlobalPosition,
     ) -> Batch {
-        let mut events = Vec::new();
+        let mut events = CallEvents::default();
         let mut scanned = 0;
         let scanned_to = log.scan(from..durable, &mut |event| {
             scanned += 1;
             if self.filter.matches(event.stream, event.event_type)
                 && !self.skip.contains(&event.position)
             {
-                events.push(to_guest_event(&event));
+                events.push(&event);
             }
             events.len() < MAX_BATCH_EVENTS && scanned < MAX_SCAN_EVENTS
         })?;
-        Ok((events, scanned_to))
+        Ok((events.finish(), scanned_to))
     }
 }
 

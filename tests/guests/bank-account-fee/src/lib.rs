@@ -31,9 +31,11 @@ impl Reducer for BankAccountWithFee {
     type State = Account;
 
     fn filter() -> Filter {
-        Filter::all()
-            .categories(["account"])
-            .event_types(["AccountOpened", "Deposited", "Withdrawn"])
+        Filter::all().categories(["account"]).event_types([
+            "AccountOpened",
+            "Deposited",
+            "Withdrawn",
+        ])
     }
 
     fn apply(account: &mut Account, event: &Event) -> Result<(), String> {

@@ -8,7 +8,9 @@ struct Misfit;
 
 impl Guest for Misfit {
     fn filter() -> EventFilter {
-        loop { std::hint::black_box(()); }
+        loop {
+            std::hint::black_box(());
+        }
     }
 
     fn init(_stream_id: String) -> Vec<u8> {
