@@ -33,10 +33,12 @@ wit_bindgen_version=0.61.1 # the wit-bindgen of refold-guest
 debian_c_packages=(clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32)
 clang=clang-14
 
-# The examples in other languages: folder, language, world of wit/refold.wit.
+# The examples in other languages: folder, language, world, and the guest contract's
+# version when it is not 0.1 (wit/refold.wit; 0.2 is wit/0.2/refold.wit).
 other_examples=(
     "bank-account-js js reducer"
     "order-summary-js js projection"
+    "shipping-policy-js js processor 0.2"
     "bank-account-py py reducer"
     "bank-account-c c reducer"
 )
@@ -106,7 +108,7 @@ for manifest in "$examples_dir"/*/Cargo.toml; do
 done
 other_builds=()
 for entry in "${other_examples[@]}"; do
-    read -r name lang world <<<"$entry"
+    read -r name lang world _ <<<"$entry"
     if wants_lang "$lang" && wants_name "$name"; then other_builds+=("$entry"); fi
 done
 for name in "${names[@]}"; do
@@ -246,7 +248,7 @@ ensure_c_tools() {
 # --- one example in another language ---
 
 build_js() {
-    local name="$1" world="$2" output="$dist_dir/$1.wasm"
+    local name="$1" world="$2" wit_dir="$3" output="$dist_dir/$1.wasm"
     # Run from examples/ so that the module's imports of ../js-lib resolve: componentize-js
     # gives the JavaScript engine the working directory as its root.
     (cd "$examples_dir" && "$tools_dir/node_modules/.bin/componentize-js" "$name/index.js" \
@@ -255,7 +257,7 @@ build_js() {
 }
 
 build_py() {
-    local name="$1" world="$2" output="$dist_dir/$1.wasm"
+    local name="$1" world="$2" wit_dir="$3" output="$dist_dir/$1.wasm"
     # --stub-wasi: the Python runtime imports wasi:sockets, which the sandbox refuses;
     # stubbing WASI leaves a component that imports only its world (and traps on print).
     (cd "$examples_dir" && env -u VIRTUAL_ENV "$tools_dir/venv/bin/componentize-py" --quiet \
@@ -264,7 +266,7 @@ build_py() {
 }
 
 build_c() {
-    local name="$1" world="$2" output="$dist_dir/$1.core.wasm"
+    local name="$1" world="$2" wit_dir="$3" output="$dist_dir/$1.core.wasm"
     local bindings="$CARGO_TARGET_DIR/wit-bindgen-c/$name"
     rm -rf "$bindings"
     local log
@@ -303,8 +305,10 @@ if ((${#rust_names[@]})); then build_rust; fi
 for lang in js py c; do
     tools_ready=0
     for entry in "${other_builds[@]}"; do
-        read -r name entry_lang world <<<"$entry"
+        read -r name entry_lang world contract <<<"$entry"
         [[ "$entry_lang" == "$lang" ]] || continue
+        entry_wit="$wit_dir"
+        [[ -n "$contract" ]] && entry_wit="$wit_dir/$contract"
         output="$dist_dir/$name.wasm"
         [[ "$lang" == c ]] && output="$dist_dir/$name.core.wasm"
         # shellcheck disable=SC2046 # the inputs are paths without spaces
@@ -313,7 +317,7 @@ for lang in js py c; do
             continue
         fi
         if ((!tools_ready)); then "ensure_${lang}_tools"; tools_ready=1; fi
-        "build_$lang" "$name" "$world"
+        "build_$lang" "$name" "$world" "$entry_wit"
     done
 done
 

@@ -12,7 +12,7 @@ use rand::Rng;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Server, error_code, example, test_guest};
+use crate::support::{Server, error_code, example, language_example, test_guest};
 
 /// What the log says should have been emitted: per order id, the id, position and amount
 /// of its first `OrderPaid`.
@@ -195,6 +195,57 @@ async fn a_processor_on_a_log_it_cannot_write_is_refused_and_bad_emissions_fault
         .await;
     assert_eq!(body["fault"]["position"], position, "{body}");
     assert!(server.read_stream_fully("shipment-1").await.is_empty());
+}
+
+#[tokio::test]
+async fn the_javascript_processor_emits_and_keeps_what_the_rust_one_does() {
+    let mut read_models = Vec::new();
+    for file in ["shipping-policy.wasm", "shipping-policy-js.wasm"] {
+        let server = Server::start().await;
+        for (name, bytes) in [
+            ("shipping-policy", language_example(file)),
+            ("shipment-ledger", test_guest("shipment-ledger")),
+        ] {
+            let (status, body) = server.deploy(name, bytes).await;
+            assert_eq!(status, StatusCode::CREATED, "{file}: {body}");
+        }
+        for order in 0..50u64 {
+            let mut paid = order_paid(order, 10 * order as i64);
+            if order % 3 == 0 {
+                paid["data"]["address"] = json!(format!("{order} Main St"));
+            }
+            server.append_ok(&format!("order-{order}"), &paid).await;
+        }
+        server.append_ok("order-4", &order_paid(4, 1)).await;
+        server.wait_caught_up("shipping-policy").await;
+        assert_eq!(check_emissions(&server, file).await, 50);
+        check_ledger(&server).await;
+        let mut shipments: Vec<Value> = server
+            .read_all_fully()
+            .await
+            .into_iter()
+            .filter(|e| e["type"] == "ShipmentRequested")
+            .map(|e| json!([e["stream"], e["data"]]))
+            .collect();
+        // Emissions to different streams are appended side by side: compare them by stream.
+        shipments.sort_by_key(|s| s[0].to_string());
+        // The read model: each order's first payment (positions differ between the two
+        // servers: emissions land between the payments).
+        let expected: BTreeMap<String, Value> = paid_orders(&server)
+            .await
+            .into_iter()
+            .map(|(order, (_, position, _))| {
+                (format!("shipped/{order}"), json!({"paid_at": position}))
+            })
+            .collect();
+        assert_eq!(
+            server.projection_state("shipping-policy").await,
+            expected,
+            "{file}"
+        );
+        read_models.push(shipments);
+    }
+    assert_eq!(read_models[0], read_models[1]);
 }
 
 /// How long the kill test runs appends before each kill.
